@@ -1,0 +1,187 @@
+"""Gated positional self-attention (GPSA): a self-attention layer that can be a convolution.
+
+Semantics follow ConViT (d'Ascoli et al., 2021, Sec. 3): per head h,
+
+    A_h = (1 - g_h) softmax(Q_h K_h^T / sqrt(d)) + g_h softmax(v_pos_h . r_ij),
+
+with r_ij = (dx, dy, dx^2 + dy^2) the offset from query patch i to key patch j on the S x S grid.
+PRS (Lee et al., 2022) adds the layer's conv strength s in [0, 1]:
+
+    g_h = s + (1 - s) sigmoid(lambda_h).
+
+s = 1 is pure positional attention, which does not depend on the input: the layer is a
+convolution of the value-projected tokens (with a large locality strength, exactly a
+sqrt(H) x sqrt(H) convolution whose tap at head h's offset is W_V^h W_O^h). s = 0 is a ConViT
+layer with a learned gate. Moving s from 1 to 0 reparameterizes the layer into self-attention
+without copying or re-initialising anything.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+Dtype = Any
+
+# timm's ViT/ConViT initialise linear layers with a truncated normal of std 0.02.
+dense_init = nn.initializers.truncated_normal(stddev=0.02)
+
+
+@functools.lru_cache(maxsize=None)
+def relative_indices(grid_size: int) -> np.ndarray:
+    """Offsets between patches on a row-major S x S grid: f32[S*S, S*S, 3] of (dx, dy, dx^2 + dy^2).
+
+    Entry [i, j] describes key patch j as seen from query patch i: dx = col_j - col_i and
+    dy = row_j - row_i. A NumPy constant, computed once per grid size.
+    """
+    rows, cols = np.divmod(np.arange(grid_size * grid_size), grid_size)
+    dx = cols[None, :] - cols[:, None]
+    dy = rows[None, :] - rows[:, None]
+    return np.stack([dx, dy, dx**2 + dy**2], axis=-1).astype(np.float32)
+
+
+def kernel_offsets(num_heads: int) -> np.ndarray:
+    """The (dx, dy) offset each head attends to after local init: f32[k*k, 2], k = floor(sqrt(H)).
+
+    Heads are laid out row-major over a k x k kernel centred on the query patch (for even k the
+    centre falls between patches, as in ConViT). Heads beyond k*k get no offset.
+    """
+    kernel_size = math.isqrt(num_heads)
+    centre = (kernel_size - 1) / 2
+    dy, dx = np.divmod(np.arange(kernel_size * kernel_size), kernel_size)
+    return np.stack([dx - centre, dy - centre], axis=-1).astype(np.float32)
+
+
+def local_init(locality_strength: float) -> nn.initializers.Initializer:
+    """Initialiser for the 3 -> H positional projection that points head h at its kernel offset.
+
+    With weights alpha * (2 dx_h, 2 dy_h, -1), the positional logit of offset d is
+    -alpha |d - delta_h|^2 + const, so head h's attention peaks at delta_h and sharpens with
+    alpha (the locality strength).
+    """
+
+    def init(key: Array, shape: tuple[int, ...], dtype: Dtype = jnp.float32) -> Array:
+        num_inputs, num_heads = shape
+        if num_inputs != 3:
+            raise ValueError(f"positional projection must map 3 features, got {num_inputs}")
+        offsets = kernel_offsets(num_heads)
+        local = np.concatenate(
+            [2.0 * offsets.T, -np.ones((1, len(offsets)), np.float32)], axis=0
+        )  # [3, k*k]
+        # Heads that do not fit in the k x k kernel keep a small random init, as in ConViT.
+        kernel = dense_init(key, shape, dtype)
+        return kernel.at[:, : len(offsets)].set(jnp.asarray(locality_strength * local, dtype))
+
+    return init
+
+
+def identity_init(key: Array, shape: tuple[int, ...], dtype: Dtype = jnp.float32) -> Array:
+    """Identity value projection (ConViT's local init), so heads start by copying their patch."""
+    del key
+    if shape[0] != shape[1]:
+        raise ValueError(f"identity init needs a square kernel, got {shape}")
+    return jnp.eye(shape[0], dtype=dtype)
+
+
+def grid_size_of(num_tokens: int) -> int:
+    """S for N = S * S tokens; GPSA needs the patch grid, so no class token may be present."""
+    size = math.isqrt(num_tokens)
+    if size * size != num_tokens:
+        raise ValueError(
+            f"GPSA needs a square grid of patch tokens, got {num_tokens} tokens; the class token "
+            "must be joined after the last GPSA layer"
+        )
+    return size
+
+
+class GatedPositionalSelfAttention(nn.Module):
+    """GPSA over patch tokens x: [B, N, C] with N = S * S; conv_strength: f32[] in [0, 1].
+
+    Parameter names follow ConViT (qk, v, proj, pos_proj, gating_param) so that weights map
+    one-to-one. `conv_strength` is a traced array, never a Python constant: the schedule moves
+    it inside one compiled train step.
+
+    The mixed attention matrix is never materialised on the hot path: since both attention
+    maps are row-stochastic, A V = (1 - g) softmax(QK^T) V + g P V, so the content part runs in
+    `jax.nn.dot_product_attention` and the input-independent positional map P [H, N, N] is
+    computed once per call for the whole batch. The mixed A is sown as
+    ('intermediates', 'attention_weights') for analysis and tests; XLA drops it when unused.
+    """
+
+    num_heads: int
+    locality_strength: float = 1.0
+    use_local_init: bool = True
+    dropout_rate: float = 0.0
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, conv_strength: Array, *, train: bool = False) -> Array:
+        batch, num_tokens, width = x.shape
+        grid_size = self._check(x, conv_strength)
+        heads, head_dim = self.num_heads, width // self.num_heads
+        dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=jnp.float32)
+
+        qk = dense(2 * width, use_bias=False, kernel_init=dense_init, name="qk")(x)
+        q, k = jnp.split(qk.reshape(batch, num_tokens, 2, heads, head_dim), 2, axis=2)
+        q, k = q[:, :, 0], k[:, :, 0]
+        v_init = identity_init if self.use_local_init else dense_init
+        v = dense(width, use_bias=False, kernel_init=v_init, name="v")(x)
+        v = v.reshape(batch, num_tokens, heads, head_dim)
+
+        # Positional attention: logits v_pos . r_ij (not scaled by 1/sqrt(d)), softmax in f32.
+        pos_init = local_init(self.locality_strength) if self.use_local_init else dense_init
+        pos_proj = nn.Dense(heads, kernel_init=pos_init, param_dtype=jnp.float32, name="pos_proj")
+        pos_logits = pos_proj(jnp.asarray(relative_indices(grid_size)))  # [N, N, H]
+        positional = jax.nn.softmax(jnp.transpose(pos_logits, (2, 0, 1)), axis=-1)  # [H, N, N]
+
+        gating_param = self.param("gating_param", nn.initializers.ones, (heads,), jnp.float32)
+        gate = effective_gate(gating_param, conv_strength)  # [H]
+
+        content_out = jax.nn.dot_product_attention(q, k, v)  # [B, N, H, d]
+        positional_out = jnp.einsum("hnm,bmhd->bnhd", positional.astype(self.dtype), v)
+        gate_b = gate[:, None].astype(jnp.float32)
+        mixed = (1.0 - gate_b) * content_out.astype(jnp.float32) + gate_b * positional_out.astype(
+            jnp.float32
+        )
+
+        self.sow(
+            "intermediates",
+            "attention_weights",
+            mixed_attention(q, k, positional, gate),
+        )
+        out = dense(width, kernel_init=dense_init, name="proj")(
+            mixed.astype(self.dtype).reshape(batch, num_tokens, width)
+        )
+        return nn.Dropout(self.dropout_rate)(out, deterministic=not train)
+
+    @nn.nowrap
+    def _check(self, x: Array, conv_strength: Array) -> int:
+        if x.ndim != 3:
+            raise ValueError(f"GPSA expects tokens [B, N, C], got shape {x.shape}")
+        if x.shape[-1] % self.num_heads:
+            raise ValueError(f"width {x.shape[-1]} is not divisible by {self.num_heads} heads")
+        if jnp.shape(conv_strength) != ():
+            raise ValueError(f"conv_strength must be a scalar, got shape {jnp.shape(conv_strength)}")
+        return grid_size_of(x.shape[1])
+
+
+def effective_gate(gating_param: Array, conv_strength: Array) -> Array:
+    """PRS gate per head: s + (1 - s) sigmoid(lambda); f32[H]. At s = 1 its lambda-gradient is 0."""
+    s = jnp.asarray(conv_strength, jnp.float32)
+    return s + (1.0 - s) * jax.nn.sigmoid(gating_param.astype(jnp.float32))
+
+
+def mixed_attention(q: Array, k: Array, positional: Array, gate: Array) -> Array:
+    """The full GPSA attention matrix f32[B, H, N, N] from q, k [B, N, H, d], P [H, N, N], g [H]."""
+    scale = q.shape[-1] ** -0.5
+    logits = jnp.einsum("bnhd,bmhd->bhnm", q, k).astype(jnp.float32) * scale
+    content = jax.nn.softmax(logits, axis=-1)
+    g = gate[:, None, None]
+    return (1.0 - g) * content + g * positional[None].astype(jnp.float32)

@@ -1,0 +1,148 @@
+"""GPSA: conv mode is a convolution, the PRS gate, and the attention it builds."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from prs_jax.models.gpsa import (
+    GatedPositionalSelfAttention,
+    effective_gate,
+    kernel_offsets,
+    relative_indices,
+)
+
+GRID = 7
+WIDTH = 36  # 9 heads x 4 dims
+
+
+def init_layer(num_heads=9, locality_strength=1.0, seed=0):
+    layer = GatedPositionalSelfAttention(num_heads, locality_strength=locality_strength)
+    x = jax.random.normal(jax.random.key(seed), (2, GRID * GRID, WIDTH))
+    params = layer.init(jax.random.key(seed + 1), x, jnp.float32(1.0))["params"]
+    return layer, params, x
+
+
+def randomise(params, names, seed=3):
+    """Replace the named kernels with random values so identities cannot hide mistakes."""
+    params = jax.tree.map(lambda a: a, params)
+    for i, name in enumerate(names):
+        shape = params[name]["kernel"].shape
+        params[name]["kernel"] = 0.3 * jax.random.normal(jax.random.key(seed + i), shape)
+    return params
+
+
+def attention_weights(layer, params, x, s):
+    _, state = layer.apply({"params": params}, x, jnp.float32(s), mutable=["intermediates"])
+    return state["intermediates"]["attention_weights"][0]
+
+
+def test_relative_indices_are_key_minus_query_offsets():
+    r = relative_indices(3)
+    # Query (row 0, col 0) = patch 0; key (row 2, col 1) = patch 7.
+    np.testing.assert_array_equal(r[0, 7], [1, 2, 5])
+    np.testing.assert_array_equal(r[7, 0], [-1, -2, 5])
+    np.testing.assert_array_equal(r[4, 4], [0, 0, 0])
+
+
+def test_conv_mode_is_a_3x3_convolution():
+    """s = 1 with a large locality strength: out = conv(x, K) + b, K[offset_h] = W_V^h W_O^h."""
+    layer, params, x = init_layer(locality_strength=50.0)
+    params = randomise(params, ["v", "proj"])
+    params["proj"]["bias"] = 0.1 * jnp.arange(WIDTH, dtype=jnp.float32)
+    out = layer.apply({"params": params}, x, jnp.float32(1.0))
+
+    w_v, w_o = params["v"]["kernel"], params["proj"]["kernel"]
+    head_dim = WIDTH // 9
+    kernel = jnp.zeros((3, 3, WIDTH, WIDTH))
+    for head, (dx, dy) in enumerate(kernel_offsets(9).astype(int)):
+        cols = slice(head * head_dim, (head + 1) * head_dim)
+        kernel = kernel.at[dy + 1, dx + 1].set(w_v[:, cols] @ w_o[cols, :])
+    grid = x.reshape(2, GRID, GRID, WIDTH)
+    expected = jax.lax.conv_general_dilated(
+        grid, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    ) + params["proj"]["bias"]
+
+    interior = (slice(None), slice(1, -1), slice(1, -1))
+    error = jnp.abs(out.reshape(2, GRID, GRID, WIDTH)[interior] - expected[interior]).max()
+    print(f"conv-mode max abs error: {float(error):.2e}")
+    assert error < 1e-4, f"conv-mode max abs error {error}"
+
+
+def test_conv_mode_ignores_qk_and_gate_gradient_is_zero():
+    layer, params, x = init_layer()
+    other_qk = randomise(params, ["qk"], seed=11)
+
+    def out(p, s):
+        return layer.apply({"params": p}, x, jnp.float32(s))
+
+    np.testing.assert_array_equal(out(params, 1.0), out(other_qk, 1.0))
+    assert jnp.abs(out(params, 0.5) - out(other_qk, 0.5)).max() > 1e-3
+
+    def loss(gating_param, s):
+        p = dict(params, gating_param=gating_param)
+        return jnp.sum(out(p, s) ** 2)
+
+    grad_conv = jax.grad(loss)(params["gating_param"], 1.0)
+    grad_mixed = jax.grad(loss)(params["gating_param"], 0.5)
+    np.testing.assert_array_equal(grad_conv, np.zeros(9))
+    assert jnp.abs(grad_mixed).min() > 0
+
+
+def test_output_is_continuous_in_conv_strength():
+    layer, params, x = init_layer()
+    params = randomise(params, ["qk"])
+    outs = [layer.apply({"params": params}, x, jnp.float32(s)) for s in (1.0, 1.0 - 1e-4, 1e-4, 0.0)]
+    assert jnp.abs(outs[0] - outs[1]).max() < 1e-3
+    assert jnp.abs(outs[2] - outs[3]).max() < 1e-3
+    assert jnp.abs(outs[0] - outs[3]).max() > 1e-2  # the two ends do differ
+
+
+def test_effective_gate_interpolates_from_one_to_learned_gate():
+    lam = jnp.array([-2.0, 0.0, 3.0])
+    np.testing.assert_allclose(effective_gate(lam, 1.0), [1.0, 1.0, 1.0])
+    np.testing.assert_allclose(effective_gate(lam, 0.0), jax.nn.sigmoid(lam), rtol=1e-6)
+    np.testing.assert_allclose(
+        effective_gate(lam, 0.25), 0.25 + 0.75 * jax.nn.sigmoid(lam), rtol=1e-6
+    )
+
+
+@pytest.mark.parametrize("s", [0.0, 0.3, 1.0])
+def test_attention_rows_sum_to_one(s):
+    layer, params, x = init_layer()
+    params = randomise(params, ["qk"])
+    weights = attention_weights(layer, params, x, s)
+    assert weights.shape == (2, 9, GRID * GRID, GRID * GRID)
+    assert float(weights.min()) >= 0.0
+    np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("s", [0.0, 0.6])
+def test_fast_path_equals_explicit_attention_matrix(s):
+    """The output (content and positional paths summed) equals proj(A V) with the full A."""
+    layer, params, x = init_layer()
+    params = randomise(params, ["qk", "v"])
+    weights = attention_weights(layer, params, x, s)
+    v = (x @ params["v"]["kernel"]).reshape(2, GRID * GRID, 9, WIDTH // 9)
+    mixed = jnp.einsum("bhnm,bmhd->bnhd", weights, v).reshape(2, GRID * GRID, WIDTH)
+    expected = mixed @ params["proj"]["kernel"] + params["proj"]["bias"]
+    out = layer.apply({"params": params}, x, jnp.float32(s))
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+def test_local_init_points_each_head_at_its_offset():
+    layer, params, x = init_layer(locality_strength=1.0)
+    positional = attention_weights(layer, params, x, 1.0)[0]  # s = 1: A is the positional map
+    query_row, query_col = 3, 3
+    query = query_row * GRID + query_col
+    for head, (dx, dy) in enumerate(kernel_offsets(9).astype(int)):
+        peak = int(jnp.argmax(positional[head, query]))
+        assert divmod(peak, GRID) == (query_row + dy, query_col + dx), f"head {head}"
+    # Local init also makes V the identity (ConViT).
+    np.testing.assert_array_equal(params["v"]["kernel"], np.eye(WIDTH))
+
+
+def test_rejects_tokens_that_are_not_a_square_grid():
+    layer = GatedPositionalSelfAttention(4)
+    with pytest.raises(ValueError, match="square grid"):
+        layer.init(jax.random.key(0), jnp.zeros((1, 50, 16)), jnp.float32(1.0))
