@@ -1,0 +1,108 @@
+"""Orbax checkpoints of a run: train state, input-iterator state and the resolved config.
+
+Checkpoints are saved every `checkpoint_every_steps` and at every layer switch of the PRS
+schedule. The latest `keep_checkpoints` are kept; the layer-switch ones are kept for good, for
+the Fourier analysis of the model at each stage.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import grain
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy as preservation
+from orbax.checkpoint.checkpoint_managers import save_decision_policy as save_decision
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+def create_checkpoint_manager(
+    workdir: str,
+    *,
+    checkpoint_every_steps: int,
+    keep_checkpoints: int,
+    keep_steps: Iterable[int] = (),
+    save_steps: Iterable[int] = (),
+) -> ocp.CheckpointManager:
+    """A manager saving every N steps and at `save_steps`; keeps the latest K and `keep_steps`."""
+    keep_steps, save_steps = sorted(set(keep_steps)), sorted(set(save_steps) | set(keep_steps))
+    options = ocp.CheckpointManagerOptions(
+        save_decision_policy=save_decision.AnySavePolicy(
+            [
+                save_decision.FixedIntervalPolicy(checkpoint_every_steps),
+                save_decision.SpecificStepsPolicy(save_steps),
+            ]
+        ),
+        preservation_policy=preservation.AnyPreservationPolicy(
+            [preservation.LatestN(keep_checkpoints), preservation.CustomSteps(keep_steps)]
+        ),
+        # Unfinished writes of a killed run are left as tmp folders: clean them on start.
+        cleanup_tmp_directories=True,
+    )
+    return ocp.CheckpointManager(
+        os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR),
+        options=options,
+        item_names=("state", "data", "config"),
+    )
+
+
+def save(
+    manager: ocp.CheckpointManager,
+    step: int,
+    state: Any,
+    data_iterator: Any,
+    config: ml_collections.ConfigDict,
+    *,
+    force: bool = False,
+) -> bool:
+    """Save (if the policy asks for this step, or `force`); returns whether a save started."""
+    return manager.save(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=grain.checkpoint.CheckpointSave(data_iterator),
+            config=ocp.args.JsonSave(config.to_dict()),
+        ),
+        force=force,
+    )
+
+
+def restore_latest(
+    manager: ocp.CheckpointManager, abstract_state: Any, data_iterator: Any
+) -> tuple[Any, int] | None:
+    """Restore the latest checkpoint into (state, step), and the iterator in place; None if none."""
+    step = manager.latest_step()
+    if step is None:
+        return None
+    restored = manager.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state),
+            data=grain.checkpoint.CheckpointRestore(data_iterator),
+        ),
+    )
+    return restored.state, step
+
+
+def restore_config(workdir: str, step: int | None = None) -> ml_collections.ConfigDict:
+    """The resolved config saved with a run's checkpoint (the latest one by default)."""
+    with ocp.CheckpointManager(
+        os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR),
+        item_names=("state", "data", "config"),
+        options=ocp.CheckpointManagerOptions(read_only=True),
+    ) as manager:
+        step = manager.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {workdir}/{CHECKPOINT_DIR}")
+        restored = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+    return ml_collections.ConfigDict(restored.config)
+
+
+def abstract_like(tree: Any, sharding: jax.sharding.Sharding) -> Any:
+    """ShapeDtypeStructs with `sharding`, to restore arrays directly onto the mesh."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)

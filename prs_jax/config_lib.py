@@ -1,0 +1,112 @@
+"""Shared pieces of the experiment configs in configs/: the `:arg` parser and the base config.
+
+A config file is `get_config(arg)`; `arg` is the text after ':' in `--config FILE:arg`, a
+comma-separated list of words (`prs,runlocal`) and `key=value` pairs (`epochs=100`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+from prs_jax import data
+
+# The conv-strength schedules a ViT config can select by name (DESIGN.md, "The schedule is a
+# pure function"): (first_layer_switch_epoch, last_layer_switch_epoch) as fractions of training.
+# Layer 0 is the shallowest GPSA layer.
+SCHEDULE_VARIANTS = {
+    # PRS for small data: late layers become self-attention earlier, linearly in depth.
+    "prs": (0.5, 1.0 / 6.0),
+    # Reversed PRS: early layers switch first.
+    "reversed": (1.0 / 6.0, 0.5),
+    # Every layer switches at the same epoch (a third of training by default).
+    "uniform": (1.0 / 3.0, 1.0 / 3.0),
+    # ConViT: self-attention from the first step, the gate learns.
+    "convit": (0.0, 0.0),
+    # A pure convolution throughout: no layer ever switches.
+    "conv": (1.0, 1.0),
+}
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+    """Parse 'word,key=value' into a ConfigDict typed by `defaults` (big_vision's convention).
+
+    A bare word sets a boolean default to True (`runlocal`) or, if it is not a boolean field,
+    names the `variant`. Unknown keys are an error naming the allowed ones.
+    """
+    parsed = ml_collections.ConfigDict(defaults)
+    for token in filter(None, (t.strip() for t in (arg or "").split(","))):
+        key, sep, value = token.partition("=")
+        if not sep:
+            if isinstance(defaults.get(key), bool):
+                parsed[key] = True
+                continue
+            if "variant" not in defaults:
+                raise ValueError(f"unknown config argument {token!r}; allowed: {sorted(defaults)}")
+            key, value = "variant", token
+        if key not in defaults:
+            raise ValueError(f"unknown config argument {key!r}; allowed: {sorted(defaults)}")
+        kind = type(defaults[key])
+        parsed[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+    return parsed
+
+
+def set_schedule(config: ml_collections.ConfigDict, variant: str) -> None:
+    """Fill `config.schedule` for a named schedule variant, in epochs of `config.num_epochs`."""
+    if variant not in SCHEDULE_VARIANTS:
+        raise ValueError(f"unknown schedule {variant!r}; choose one of {sorted(SCHEDULE_VARIANTS)}")
+    first, last = SCHEDULE_VARIANTS[variant]
+    config.schedule.first_layer_switch_epoch = first * config.num_epochs
+    config.schedule.last_layer_switch_epoch = last * config.num_epochs
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every field the train loop reads, with DeiT-recipe defaults; configs override them."""
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    # Model: `name` is one of prs_jax.models.MODEL_NAMES; the other fields override its size.
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "convit_tiny"
+    config.model.patch_size = 4
+    config.model.drop_path_rate = 0.1
+    config.model.dtype = "float32"  # compute dtype; "bfloat16" on TPU/GPU. Params stay float32.
+
+    config.data = data.default_data_config()
+
+    # Conv strength per GPSA layer (prs_jax.schedule): layer l switches at
+    # first + (last - first) * l / (L - 1) epochs, over `ramp_epochs` (0 = a hard switch).
+    config.schedule = ml_collections.ConfigDict()
+    config.schedule.first_layer_switch_epoch = 0.0
+    config.schedule.last_layer_switch_epoch = 0.0
+    config.schedule.ramp_epochs = 0.0
+
+    config.num_epochs = 300.0
+    config.batch_size = 128
+    config.eval_batch_size = 256
+
+    config.optimizer = ml_collections.ConfigDict()
+    # DeiT's linear scaling rule, 5e-4 per 512 images; rescale it with --config.batch_size.
+    config.optimizer.learning_rate = 5e-4 * config.batch_size / 512
+    config.optimizer.min_learning_rate = 1e-5
+    config.optimizer.warmup_epochs = 5.0
+    config.optimizer.weight_decay = 0.05
+    config.optimizer.b1 = 0.9
+    config.optimizer.b2 = 0.999
+    config.optimizer.eps = 1e-8
+    config.optimizer.grad_clip_norm = 1.0  # 0 disables clipping
+
+    # On-device batch augmentation (prs_jax.mixing).
+    config.augment = ml_collections.ConfigDict()
+    config.augment.label_smoothing = 0.1
+    config.augment.mixup_alpha = 0.8
+    config.augment.cutmix_alpha = 1.0
+    config.augment.switch_prob = 0.5
+    config.augment.mix_prob = 1.0
+
+    config.log_every_steps = 50
+    config.eval_every_epochs = 5.0
+    config.checkpoint_every_steps = 1000
+    config.keep_checkpoints = 3
+    return config

@@ -1,0 +1,78 @@
+"""Experiment configs: variants, arguments and the schedules they select."""
+
+import importlib.util
+import pathlib
+
+import pytest
+
+from prs_jax import config_lib, models
+
+CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, CONFIG_DIR / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config
+
+
+@pytest.mark.parametrize(
+    "arg,model,first,last",
+    [
+        (None, "convit_tiny", 150.0, 50.0),
+        ("prs", "convit_tiny", 150.0, 50.0),
+        ("reversed", "convit_tiny", 50.0, 150.0),
+        ("uniform", "convit_tiny", 100.0, 100.0),
+        ("uniform,switch=60", "convit_tiny", 60.0, 60.0),
+        ("convit", "convit_tiny", 0.0, 0.0),
+        ("conv", "convit_tiny", 300.0, 300.0),
+        ("prs,model=convit_small", "convit_small", 150.0, 50.0),
+        ("prs,epochs=60", "convit_tiny", 30.0, 10.0),
+    ],
+)
+def test_cifar100_vit_variants_select_their_schedule(arg, model, first, last):
+    config = load("cifar100")(arg)
+    assert config.model.name == model
+    assert config.schedule.first_layer_switch_epoch == pytest.approx(first)
+    assert config.schedule.last_layer_switch_epoch == pytest.approx(last)
+    assert config.data.name == "cifar100" and config.data.image_size == 32
+
+
+@pytest.mark.parametrize("arg,model", [("deit", "deit_tiny"), ("resnet18", "resnet18")])
+def test_cifar100_baselines(arg, model):
+    config = load("cifar100")(arg)
+    assert config.model.name == model
+    assert model in models.MODEL_NAMES
+
+
+def test_runlocal_shrinks_the_run_but_keeps_the_variant():
+    full, local = load("cifar100")("prs"), load("cifar100")("prs,runlocal")
+    assert local.num_epochs < full.num_epochs and local.batch_size < full.batch_size
+    assert local.model.depth == 4 and local.model.num_gpsa_layers == 2
+    # PRS proportions are kept: the shallow layer switches at half the (shorter) run.
+    assert local.schedule.first_layer_switch_epoch == pytest.approx(local.num_epochs / 2)
+
+
+def test_unknown_variant_and_argument_are_errors_that_list_the_choices():
+    with pytest.raises(ValueError, match="unknown variant 'vit'.*resnet18"):
+        load("cifar100")("vit")
+    with pytest.raises(ValueError, match=r"unknown config argument 'epoch'.*epochs"):
+        load("cifar100")("epoch=3")
+
+
+def test_parse_arg_types_values_from_the_defaults():
+    arg = config_lib.parse_arg("convit,runlocal,epochs=12,model=deit_small", variant="prs",
+                               runlocal=False, epochs=300.0, model="x")
+    assert arg.variant == "convit" and arg.runlocal is True
+    assert arg.epochs == 12.0 and isinstance(arg.epochs, float)
+    assert arg.model == "deit_small"
+
+
+def test_digits_default_config_is_a_prs_vit_on_digits():
+    config = load("digits")()
+    assert config.data.name == "digits" and not config.data.random_flip
+    assert config.model.num_gpsa_layers == 4 and config.model.depth == 6
+    # PRS: the shallowest GPSA layer switches last.
+    assert config.schedule.first_layer_switch_epoch > config.schedule.last_layer_switch_epoch
+    assert config.data.image_size % config.model.patch_size == 0
