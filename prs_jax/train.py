@@ -12,6 +12,7 @@ import functools
 import json
 import os
 import signal
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -224,14 +225,19 @@ class _PreemptionFlag:
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handler)
+        # Python delivers signals to the main thread only; elsewhere (a notebook's worker
+        # thread) the default SIGTERM behaviour stays.
+        self._installed = threading.current_thread() is threading.main_thread()
+        if self._installed:
+            self._previous = signal.signal(signal.SIGTERM, self._handler)
 
     def _handler(self, signum, frame) -> None:
         logging.warning("SIGTERM received: saving a checkpoint and exiting.")
         self.requested = True
 
     def restore(self) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
+        if self._installed:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
