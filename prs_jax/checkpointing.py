@@ -11,6 +11,7 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
+from absl import logging
 import grain
 import jax
 import ml_collections
@@ -36,6 +37,9 @@ def create_checkpoint_manager(
             [
                 save_decision.FixedIntervalPolicy(checkpoint_every_steps),
                 save_decision.SpecificStepsPolicy(save_steps),
+                # A TPU maintenance notice reaches JAX's preemption sync point (multi-host runs
+                # with jax.distributed); without that service this never fires.
+                save_decision.PreemptionCheckpointingPolicy(),
             ]
         ),
         preservation_policy=preservation.AnyPreservationPolicy(
@@ -75,18 +79,59 @@ def save(
 def restore_latest(
     manager: ocp.CheckpointManager, abstract_state: Any, data_iterator: Any
 ) -> tuple[Any, int] | None:
-    """Restore the latest checkpoint into (state, step), and the iterator in place; None if none."""
-    step = manager.latest_step()
-    if step is None:
-        return None
-    restored = manager.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
-            data=grain.checkpoint.CheckpointRestore(data_iterator),
-        ),
-    )
-    return restored.state, step
+    """Restore the newest readable checkpoint into (state, step), the iterator in place.
+
+    A checkpoint that fails to restore (truncated or missing files: a crash or a disk fault after
+    orbax committed it) is renamed to `<step>.unreadable`, kept for inspection, and the next
+    older one is tried, with a warning naming both steps. None if the workdir has no checkpoint.
+    """
+    unreadable = []
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            restored = manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state),
+                    data=grain.checkpoint.CheckpointRestore(data_iterator),
+                ),
+            )
+        except Exception as error:  # orbax and tensorstore raise many kinds; all mean unusable
+            logging.warning("Checkpoint at step %d cannot be restored: %s", step, error)
+            unreadable.append(step)
+            continue
+        if unreadable:
+            _set_aside(manager, unreadable)
+            logging.warning(
+                "The latest checkpoint (step %d) is incomplete or corrupted; resumed from the"
+                " checkpoint at step %d instead. Set aside as %s.",
+                unreadable[0], step, ", ".join(f"{s}.unreadable" for s in unreadable),
+            )
+        return restored.state, step
+    if unreadable:
+        raise RuntimeError(
+            f"no checkpoint in {manager.directory} can be restored (steps {unreadable}); move the"
+            " checkpoints folder aside to start afresh"
+        )
+    return None
+
+
+def _set_aside(manager: ocp.CheckpointManager, steps: Iterable[int]) -> None:
+    """Rename unreadable step folders so that new saves at those steps do not collide."""
+    if jax.process_index() == 0:
+        for step in steps:
+            path = manager.directory / str(step)  # an etils.epath.Path: local or gs://
+            path.rename(path.parent / f"{step}.unreadable")
+    manager.reload()
+
+
+def latest_config(manager: ocp.CheckpointManager) -> dict[str, Any] | None:
+    """The config saved with the newest checkpoint that has a readable one; None if none."""
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            return manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+        except Exception as error:  # an unreadable checkpoint: restore_latest reports it
+            logging.warning("No readable config in the checkpoint at step %d: %s", step, error)
+    return None
 
 
 def restore_config(workdir: str, step: int | None = None) -> ml_collections.ConfigDict:

@@ -28,7 +28,7 @@ from clu import parameter_overview, periodic_actions
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from prs_jax import checkpointing, data, metrics, mixing, models, optimizer, schedule
+from prs_jax import checkpointing, data, metrics, mixing, models, optimizer, schedule, validation
 from prs_jax.models.gpsa import effective_gate
 
 Batch = Mapping[str, jax.Array]
@@ -242,18 +242,15 @@ class _PreemptionFlag:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Train and evaluate the model of `config`, writing checkpoints and metrics to `workdir`."""
-    os.makedirs(workdir, exist_ok=True)
+    # Fail in seconds, before any data or compile, on a config or workdir the run cannot use.
+    validation.check_workdir(workdir)
+    validation.validate_config(config, device_count=jax.device_count())
     is_chief = jax.process_index() == 0
 
     # Mesh: one data-parallel axis over every device of every host.
     mesh = create_mesh()
     data_sharding = NamedSharding(mesh, P("data"))
     replicated = NamedSharding(mesh, P())
-    if config.batch_size % jax.device_count() or config.eval_batch_size % jax.device_count():
-        raise ValueError(
-            f"batch_size={config.batch_size} and eval_batch_size={config.eval_batch_size} must be"
-            f" divisible by the number of devices ({jax.device_count()})"
-        )
 
     # Data: deterministic, resumable, each process reads its own shard of every batch.
     info = data.dataset_info(config.data)
@@ -313,6 +310,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         keep_steps=switch_steps,
         save_steps=[steps.total_steps],
     )
+    saved_config = checkpointing.latest_config(manager)
+    if saved_config is not None:
+        for change in validation.check_resume(saved_config, config.to_dict(), workdir):
+            logging.info("Resuming with a changed config: %s", change)
     abstract_state = checkpointing.abstract_like(jax.eval_shape(init), replicated)
     restored = checkpointing.restore_latest(manager, abstract_state, train_iter)
     if restored is not None:
@@ -345,7 +346,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     eval_every_steps = max(1, round(config.eval_every_epochs * steps.steps_per_epoch))
     preemption = _PreemptionFlag()
     pending_metrics: list[dict[str, jax.Array]] = []
-    step = initial_step
+    last_logged_step = step = initial_step
     try:
         while step < steps.total_steps:
             batch = to_global(next(train_iter), data_sharding)
@@ -353,12 +354,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             step += 1
             pending_metrics.append(step_metrics)
             report_progress(step)
+            preempted = preemption.requested or manager.reached_preemption(step)
 
             if step % config.log_every_steps == 0 or step == steps.total_steps:
                 summary = summarise(pending_metrics)
-                pending_metrics = []
-                _check_finite(summary, step)
+                check_finite(summary, last_logged_step + 1, step)
                 writer.write_scalars(step, summary)
+                pending_metrics, last_logged_step = [], step
+            elif preempted or manager.should_save(step):
+                # Never let a non-finite state reach a checkpoint, even between log steps.
+                check_finite(summarise(pending_metrics), last_logged_step + 1, step)
 
             if step % eval_every_steps == 0 or step == steps.total_steps:
                 with report_progress.timed("eval"):
@@ -367,11 +372,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                 logging.info("Step %d: eval accuracy %.4f.", step, results["accuracy"])
 
             with report_progress.timed("checkpoint"):
-                checkpointing.save(
-                    manager, step, state, train_iter, config, force=preemption.requested
-                )
-            if preemption.requested:
-                logging.warning("Saved step %d after SIGTERM; exiting.", step)
+                checkpointing.save(manager, step, state, train_iter, config, force=preempted)
+            if preempted:
+                logging.warning("Saved step %d after a preemption notice; exiting.", step)
                 break
     finally:
         manager.wait_until_finished()
@@ -381,13 +384,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     return state
 
 
-def _check_finite(summary: Mapping[str, float], step: int) -> None:
+def check_finite(summary: Mapping[str, float], first_step: int, last_step: int) -> None:
     """Stop before a non-finite state can reach a checkpoint (big_vision's cheap finite check)."""
     bad = [name for name in ("train/loss", "train/grad_norm", "train/param_norm")
            if not np.isfinite(summary.get(name, 0.0))]
     if bad:
         raise FloatingPointError(
-            f"non-finite {', '.join(bad)} in the steps up to {step}; the last checkpoint is kept"
+            f"non-finite {', '.join(bad)} in steps {first_step}-{last_step}: training stopped;"
+            " no checkpoint was written from these steps, the last one saved before them is"
+            " intact (lower the learning rate or check the input data)"
         )
 
 

@@ -1,0 +1,253 @@
+"""Reliability: crashes, preemption, non-finite values, resume safety and config validation."""
+
+import logging
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import tensorflow_datasets as tfds
+
+from prs_jax import train, validation
+from tests.test_configs import load
+from tests.test_train_e2e import NUM_MOCK, TOTAL_STEPS, tiny_run_config
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# A tiny PRS-ViT on the shipped digits: 22 steps per epoch, 88 steps in all.
+DIGITS_ARGS = [
+    "--config", str(REPO / "configs" / "digits.py") + ":epochs=4",
+    "--config.model.hidden_size=16",
+    "--config.model.depth=2",
+    "--config.model.num_gpsa_layers=1",
+    "--config.log_every_steps=5",
+    "--config.checkpoint_every_steps=10",
+    "--config.eval_every_epochs=2",
+]
+DIGITS_TOTAL_STEPS = 88
+
+
+def run_main(workdir, *extra, module="prs_jax.main"):
+    """Run a training process to its end (or its death); returns the completed process."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run(
+        [sys.executable, "-m", module, *DIGITS_ARGS, "--workdir", str(workdir), *extra],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+
+
+def saved_steps(workdir):
+    folder = pathlib.Path(workdir) / "checkpoints"
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
+
+
+def saved_state(workdir, step):
+    """The raw train state of a checkpoint, as numpy arrays."""
+    path = pathlib.Path(workdir) / "checkpoints" / str(step) / "state"
+    return ocp.StandardCheckpointer().restore(path)
+
+
+def assert_same_state(a, b):
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_digits(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    result = run_main(workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir
+
+
+@pytest.mark.parametrize("how", [["--at_step=37"], ["--during_save=30"]], ids=["mid-step", "mid-save"])
+def test_sigkill_then_resume_is_bit_identical(tmp_path, uninterrupted_digits, how):
+    killed = run_main(tmp_path, "--signal=KILL", *how, module="tests.support.interrupting_main")
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert saved_steps(tmp_path)[-1] < DIGITS_TOTAL_STEPS
+    if how == ["--during_save=30"]:
+        # Step 30's write was cut short: it is not a committed checkpoint.
+        assert 30 not in saved_steps(tmp_path)
+
+    resumed = run_main(tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resumed from" in resumed.stderr
+    final = saved_state(tmp_path, DIGITS_TOTAL_STEPS)
+    assert int(final["step"]) == DIGITS_TOTAL_STEPS
+    assert_same_state(final, saved_state(uninterrupted_digits, DIGITS_TOTAL_STEPS))
+
+
+def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path):
+    stopped = run_main(tmp_path, "--signal=TERM", "--at_step=23", module="tests.support.interrupting_main")
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    assert saved_steps(tmp_path)[-1] == 23  # not a multiple of checkpoint_every_steps
+    state = saved_state(tmp_path, 23)
+    assert int(state["step"]) == 23
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(state["params"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# In-process runs on mocked CIFAR-100.
+
+
+@pytest.fixture
+def mocked_cifar100():
+    with tfds.testing.mock_data(num_examples=NUM_MOCK, policy=tfds.testing.MockPolicy.USE_CODE):
+        yield
+
+
+@pytest.fixture
+def finished_run(tmp_path, mocked_cifar100):
+    workdir = str(tmp_path / "run")
+    config = tiny_run_config()
+    state = train.train_and_evaluate(config, workdir)
+    return config, workdir, state
+
+
+def test_injected_nan_stops_training_and_keeps_the_last_good_checkpoint(
+    tmp_path, monkeypatch, mocked_cifar100
+):
+    workdir = str(tmp_path / "nan")
+    to_global = train.to_global
+    train_batches = []
+
+    def poison_step_5(batch, sharding):
+        if "mask" not in batch:
+            train_batches.append(1)
+            if len(train_batches) == 5:
+                batch = dict(batch, image=np.full_like(batch["image"], np.nan))
+        return to_global(batch, sharding)
+
+    monkeypatch.setattr(train, "to_global", poison_step_5)
+    with pytest.raises(FloatingPointError, match=r"non-finite train/loss.*in steps 5-6"):
+        train.train_and_evaluate(tiny_run_config(), workdir)
+    # Checkpoints at 2 and 4 (layer switches) and 3 (every 3 steps); none from step 5 on.
+    assert saved_steps(workdir) == [2, 3, 4]
+    good = saved_state(workdir, 4)
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(good["params"]))
+
+
+def test_corrupted_latest_checkpoint_falls_back_to_the_previous_one(
+    finished_run, caplog
+):
+    config, workdir, uninterrupted = finished_run
+    assert saved_steps(workdir)[-2:] == [6, 8]
+    for path in (pathlib.Path(workdir) / "checkpoints" / "8" / "state").rglob("*"):
+        if path.is_file() and path.parent.name == "d":
+            path.write_bytes(b"")  # truncate the array data of the latest checkpoint
+
+    with caplog.at_level(logging.WARNING):
+        resumed = train.train_and_evaluate(config, workdir)
+    assert "latest checkpoint (step 8) is incomplete or corrupted" in caplog.text
+    assert "checkpoint at step 6 instead" in caplog.text
+    assert (pathlib.Path(workdir) / "checkpoints" / "8.unreadable").is_dir()
+    # Steps 7 and 8 were trained again, to the same numbers.
+    assert int(resumed.step) == TOTAL_STEPS
+    assert_same_state(jax.device_get(resumed.params), jax.device_get(uninterrupted.params))
+
+
+def test_resume_with_an_incompatible_config_is_refused_with_the_differences(finished_run):
+    config, workdir, _ = finished_run
+    before = (pathlib.Path(workdir) / "config.json").read_text()
+    changed = config.copy_and_resolve_references()
+    changed.model.hidden_size = 32
+    changed.batch_size = 32
+    with pytest.raises(validation.ConfigError, match=r"(?s)batch_size: 16 -> 32.*model.hidden_size: 16 -> 32"):
+        train.train_and_evaluate(changed, workdir)
+    assert (pathlib.Path(workdir) / "config.json").read_text() == before  # nothing overwritten
+
+
+def test_resume_with_more_epochs_is_allowed_and_logged(finished_run, caplog):
+    config, workdir, _ = finished_run
+    longer = config.copy_and_resolve_references()
+    longer.num_epochs = 3.0
+    with caplog.at_level(logging.INFO):
+        state = train.train_and_evaluate(longer, workdir)
+    assert int(state.step) == 12
+    assert "Resuming with a changed config: num_epochs: 2.0 -> 3.0" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------
+# Config validation: each bad value gets a message naming the field and what is allowed.
+
+
+def cifar(**changes):
+    config = load("cifar100")("prs")
+    for path, value in changes.items():
+        *parents, leaf = path.split("__")
+        node = config
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
+    return config
+
+
+BAD_CONFIGS = [
+    (dict(model__name="convit_huge"), r"model.name='convit_huge'.*one of convit_tiny"),
+    (dict(model__patch_size=5), r"model.patch_size=5.*divisor of data.image_size=32"),
+    (dict(model__patch_size=0), r"model.patch_size=0"),
+    (dict(model__num_gpsa_layers=12), r"model.num_gpsa_layers=12.*0 to depth - 1 = 11"),
+    (dict(model__num_gpsa_layers=-1), r"model.num_gpsa_layers=-1"),
+    (dict(model__num_heads=5), r"model.num_heads=5.*divisor of hidden_size=192"),
+    (dict(model__drop_path_rate=1.5), r"model.drop_path_rate=1.5.*\[0, 1\)"),
+    (dict(model__dtype="float64"), r"model.dtype='float64'.*float32, bfloat16"),
+    (dict(data__image_size=0), r"data.image_size=0.*positive integer"),
+    (dict(num_epochs=0.0), r"num_epochs=0.0.*> 0"),
+    (dict(schedule__first_layer_switch_epoch=-1.0), r"schedule.first_layer_switch_epoch=-1.0.*\[0, num_epochs=300.0\]"),
+    (dict(schedule__last_layer_switch_epoch=400.0), r"schedule.last_layer_switch_epoch=400.0"),
+    (dict(schedule__ramp_epochs=-2.0), r"schedule.ramp_epochs=-2.0.*>= 0"),
+    (dict(batch_size=127), r"batch_size=127.*multiple of the number of devices \(2\)"),
+    (dict(eval_batch_size=0), r"eval_batch_size=0"),
+    (dict(data__train_fraction=0.0), r"data.train_fraction=0.0.*\(0, 1\]"),
+    (dict(data__train_fraction=1.5), r"data.train_fraction=1.5"),
+    (dict(optimizer__learning_rate=0.0), r"optimizer.learning_rate=0.0.*> 0"),
+    (dict(optimizer__min_learning_rate=1.0), r"optimizer.min_learning_rate=1.0"),
+    (dict(optimizer__warmup_epochs=400.0), r"optimizer.warmup_epochs=400.0"),
+    (dict(optimizer__weight_decay=-0.1), r"optimizer.weight_decay=-0.1"),
+    (dict(optimizer__grad_clip_norm=-1.0), r"optimizer.grad_clip_norm=-1.0"),
+    (dict(augment__label_smoothing=1.0), r"augment.label_smoothing=1.0.*\[0, 1\)"),
+    (dict(augment__mixup_alpha=-0.5), r"augment.mixup_alpha=-0.5"),
+    (dict(augment__mix_prob=2.0), r"augment.mix_prob=2.0.*\[0, 1\]"),
+    (dict(log_every_steps=0), r"log_every_steps=0.*positive integer"),
+    (dict(eval_every_epochs=0.0), r"eval_every_epochs=0.0"),
+]
+
+
+@pytest.mark.parametrize("changes,message", BAD_CONFIGS, ids=[str(c) for c, _ in BAD_CONFIGS])
+def test_bad_config_is_rejected_with_a_message_naming_the_field(changes, message):
+    config = cifar(**changes)
+    with pytest.raises(validation.ConfigError, match=message):
+        validation.validate_config(config, device_count=2)
+
+
+def test_good_configs_pass_validation():
+    for arg in ("prs", "convit", "conv", "deit", "resnet18", "prs,runlocal"):
+        validation.validate_config(load("cifar100")(arg), device_count=2)
+    validation.validate_config(load("digits")(), device_count=2)
+
+
+def test_unwritable_workdir_is_rejected(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(validation.ConfigError, match=r"workdir .*a_file/run.* cannot be written"):
+        validation.check_workdir(str(blocker / "run"))
+
+
+def test_bad_config_fails_before_touching_an_existing_run(finished_run):
+    config, workdir, _ = finished_run
+    files = {p: p.stat().st_mtime_ns for p in pathlib.Path(workdir).rglob("*") if p.is_file()}
+    bad = config.copy_and_resolve_references()
+    bad.model.patch_size = 3
+    with pytest.raises(validation.ConfigError, match="model.patch_size=3"):
+        train.train_and_evaluate(bad, workdir)
+    assert files == {p: p.stat().st_mtime_ns for p in pathlib.Path(workdir).rglob("*") if p.is_file()}
+
+
+def test_unknown_dataset_is_rejected_before_compiling(tmp_path):
+    config = load("cifar100")("prs")
+    config.data.name = "no_such_dataset_xyz"
+    with pytest.raises(ValueError, match="no_such_dataset_xyz"):
+        train.train_and_evaluate(config, str(tmp_path))
