@@ -109,4 +109,13 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval_every_epochs = 5.0
     config.checkpoint_every_steps = 1000
     config.keep_checkpoints = 3
+
+    # Start a new run from converted weights (prs_jax.convert): a timm state dict (.safetensors,
+    # or .pth with torch) or a prs_jax variables file, fitting config.model. A workdir with a
+    # checkpoint resumes from it instead. The head is re-initialised ('zeros' or 'init') for
+    # another number of classes; the position embedding resized for another grid.
+    config.init_from = ml_collections.ConfigDict()
+    config.init_from.path = ""
+    config.init_from.head_init = "zeros"
+    config.init_from.pos_embed_resize = "bilinear"
     return config

@@ -28,7 +28,17 @@ from clu import parameter_overview, periodic_actions
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from prs_jax import checkpointing, data, metrics, mixing, models, optimizer, schedule, validation
+from prs_jax import (
+    checkpointing,
+    convert,
+    data,
+    metrics,
+    mixing,
+    models,
+    optimizer,
+    schedule,
+    validation,
+)
 from prs_jax.models.gpsa import effective_gate
 
 Batch = Mapping[str, jax.Array]
@@ -76,6 +86,34 @@ def initial_state(
         batch_stats=variables.get("batch_stats", {}),
         opt_state=tx.init(params),
         rng=jax.random.key_data(train_rng),
+    )
+
+
+def init_from_weights(
+    state: TrainState,
+    init_from: ml_collections.ConfigDict,
+    tx: optax.GradientTransformation,
+    sharding: NamedSharding,
+) -> TrainState:
+    """A fresh state with the weights of `init_from.path` (prs_jax.convert.load_into) and a new
+    optimizer state for them; step and rng are kept."""
+    # The local copy of the replicated initial variables gives the target shapes (and the fresh
+    # head for head_init='init').
+    local = jax.tree.map(
+        lambda x: np.asarray(x.addressable_data(0)),
+        {"params": state.params, "batch_stats": state.batch_stats},
+    )
+    variables = convert.load_into(
+        local,
+        init_from.path,
+        head_init=init_from.head_init or None,
+        pos_embed_resize=init_from.pos_embed_resize or None,
+    )
+    params = jax.device_put(variables["params"], sharding)
+    return state.replace(
+        params=params,
+        batch_stats=jax.device_put(variables.get("batch_stats", {}), sharding),
+        opt_state=jax.jit(tx.init, out_shardings=sharding)(params),
     )
 
 
@@ -295,7 +333,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         out_shardings=replicated,
     )
 
-    # State: resume from the workdir's latest checkpoint, else initialise from the seed.
+    # State: resume from the workdir's latest checkpoint, else initialise from the seed, then
+    # take converted weights if config.init_from names a file.
     init = jax.jit(
         functools.partial(initial_state, model, tx, config.data.image_size, config.seed),
         out_shardings=replicated,
@@ -322,6 +361,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     else:
         state, initial_step = init(), 0
         logging.info("Initialised a new run in %s.", workdir)
+        if config.get("init_from") and config.init_from.path:
+            state = init_from_weights(state, config.init_from, tx, replicated)
+            logging.info("Weights from %s.", config.init_from.path)
 
     writer = metrics.create_writer(workdir)
     if is_chief:
