@@ -369,6 +369,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     if is_chief:
         with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
             json.dump(config.to_dict(), f, indent=2, sort_keys=True)
+        # The examples a train_fraction < 1 run trains on (indices into data.train_split).
+        ids_path = data.save_train_example_ids(config.data, workdir)
+        if ids_path:
+            logging.info(
+                "Training on %d examples of %s (train_fraction=%s); their ids are in %s.",
+                info.num_train_examples, config.data.train_split, config.data.train_fraction,
+                ids_path,
+            )
         if initial_step == 0:
             writer.write_hparams(_flatten(config.to_dict()))
     parameter_overview.log_parameter_overview(state.params)

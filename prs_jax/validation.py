@@ -13,7 +13,7 @@ from typing import Any
 
 import ml_collections
 
-from prs_jax import models
+from prs_jax import data, models
 
 
 class ConfigError(ValueError):
@@ -115,6 +115,10 @@ RESUME_INCOMPATIBLE = (
     "data.image_size",
     "data.train_split",
     "data.train_fraction",
+    "data.subset_seed",
+    "data.folder_root",
+    "data.folder_validation_fraction",
+    "data.folder_on_corrupt",
     "data.num_workers",
     "seed",
     "batch_size",
@@ -135,6 +139,8 @@ def resume_differences(
         line = f"{key}: {old!r} -> {value!r}"
         if key == "optimizer.grad_clip_norm" and bool(old) == bool(value):
             compatible.append(line)  # only switching clipping on/off changes the state's shape
+        elif old == "<unset>" and key.startswith("data.") and _is_data_default(key, value):
+            compatible.append(line)  # a data field added after the run started, at its default
         elif any(key == p or (p.endswith(".") and key.startswith(p)) for p in RESUME_INCOMPATIBLE):
             incompatible.append(line)
         else:
@@ -158,6 +164,12 @@ def check_resume(saved: Mapping[str, Any], new: Mapping[str, Any], workdir: str)
 def _check(ok: bool, field: str, value: Any, allowed: str) -> None:
     if not ok:
         raise ConfigError(f"config.{field}={value!r} is not allowed: use {allowed}")
+
+
+def _is_data_default(key: str, value: Any) -> bool:
+    defaults = data.default_data_config()
+    field = key[len("data."):]
+    return field in defaults and defaults[field] == value
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -12,6 +12,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
+from PIL import Image
 
 from prs_jax import data
 from prs_jax.data import augment, randaugment, sources
@@ -431,3 +432,83 @@ def test_eval_without_padding_and_repeatable():
     first, second = list(evaluation), list(evaluation)
     assert len(first) == 5 and all(b["mask"].all() for b in first)  # 360 = 5 * 72
     assert_batches_equal(first, second)
+
+
+# --- ImageNet-style crops (DeiT at 224 px) ------------------------------------------------------
+
+
+def test_random_resized_crop_boxes_fit_and_follow_scale_and_aspect():
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        top, left, h, w = augment.random_resized_crop_box(300, 400, rng, min_scale=0.08)
+        assert 0 <= top and top + h <= 300 and 0 <= left and left + w <= 400
+        # Area 8%..100% and aspect (w / h) 3/4..4/3, up to rounding to whole pixels.
+        assert 0.08 * 0.97 <= h * w / (300 * 400) <= 1.0
+        assert 0.75 * 0.97 <= w / h <= 4 / 3 * 1.03
+
+
+def test_random_resized_crop_falls_back_to_the_central_box_with_a_clamped_aspect():
+    # No box of area >= 100% with aspect <= 4/3 fits a 10 x 100 strip: the fallback is the
+    # full-height central box of width round(10 * 4/3) = 13.
+    box = augment.random_resized_crop_box(10, 100, np.random.default_rng(0), min_scale=1.0)
+    assert box == (0, 43, 10, 13)
+
+
+def test_random_resized_crop_of_the_whole_image_is_a_bicubic_resize():
+    image = np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    out = augment.random_resized_crop(image, 24, np.random.default_rng(0), min_scale=1.0)
+    # Scale 1 with a square image: the box is the whole image (aspect 1 must be drawn within
+    # 10 tries or the fallback gives it).
+    expected = np.asarray(Image.fromarray(image).resize((24, 24), Image.Resampling.BICUBIC))
+    assert out.shape == (24, 24, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("shape,top,left", [((256, 256), 16, 16), ((256, 512), 16, 144),
+                                             ((400, 256), 88, 16)])
+def test_resize_center_crop_takes_the_central_224_of_a_256_short_side(shape, top, left):
+    # The shorter side is already 256 = floor(224 / 0.875): no resize, just the central crop.
+    image = np.random.default_rng(0).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    out = augment.resize_center_crop(image, 224, crop_pct=0.875)
+    np.testing.assert_array_equal(out, image[top : top + 224, left : left + 224])
+
+
+def test_resize_center_crop_resizes_the_shorter_side_then_crops():
+    image = np.zeros((100, 150, 3), np.uint8)
+    image[:, 60:90] = 255  # a white vertical band in the middle third
+    out = augment.resize_center_crop(image, 28, crop_pct=0.875)  # short side 32, long 48
+    assert out.shape == (28, 28, 3)
+    # The band (x 60..90 of 150 -> 19.2..28.8 of 48, minus the left margin of 10) stays central.
+    assert out[:, 14].min() > 200 and out[:, 2].max() < 30 and out[:, 25].max() < 30
+
+
+def test_train_and_eval_examples_with_imagenet_crops_have_the_configured_size():
+    image = np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    record = {"image": image, "label": 3}
+    train = augment.train_example(
+        record, np.random.default_rng(0), mean=CIFAR_MEAN, std=CIFAR_STD,
+        crop="random_resized_crop", image_size=32,
+    )
+    evaluation = augment.eval_example(
+        record, mean=CIFAR_MEAN, std=CIFAR_STD, crop="resize_center_crop", image_size=32
+    )
+    assert train["image"].shape == evaluation["image"].shape == (32, 32, 3)
+    assert evaluation["mask"] and train["label"] == evaluation["label"] == 3
+    with pytest.raises(ValueError, match="unknown train crop 'center'"):
+        augment.train_example(record, np.random.default_rng(0), mean=CIFAR_MEAN, std=CIFAR_STD,
+                              crop="center")
+
+
+def test_pipeline_with_imagenet_crops_reads_native_images(mock_cifar):
+    # The source gives 32 px images unresized; the crops bring them to image_size = 24.
+    config = cifar_config(image_size=24, train_crop="random_resized_crop",
+                          eval_crop="resize_center_crop")
+    batch = next(data.create_train_iterator(config, global_batch_size=BATCH, seed=0))
+    assert batch["image"].shape == (BATCH, 24, 24, 3)
+    first = next(iter(data.create_eval_iterator(config, global_batch_size=BATCH)))
+    source = sources.open_source(cifar_config(), "test", native_size=True)
+    expected = augment.resize_center_crop(source[0]["image"], 24, 0.875)
+    np.testing.assert_allclose(first["image"][0], (expected / 255 - CIFAR_MEAN) / CIFAR_STD,
+                               atol=1e-5)
+    with pytest.raises(ValueError, match=r"data.eval_crop='center'.*resize_center_crop"):
+        data.dataset_info(cifar_config(eval_crop="center"))

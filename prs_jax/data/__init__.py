@@ -1,8 +1,12 @@
 """Input pipelines: random-access sources -> per-example host augmentation -> grain batches.
 
-  sources.py      TFDS CIFAR-100 and scikit-learn's digits as {'image', 'label'} records
+  sources.py      TFDS datasets (CIFAR-100, ImageNet, any image classification) and scikit-learn's
+                  digits as {'image', 'label'} records
+  folders.py      folders of images, ROOT/<split>/<class>/*.jpg|png, read with PIL
+  subsets.py      class-balanced, seeded, nested train subsets by ratio (`train_fraction`)
   randaugment.py  RandAugment on uint8 images (timm "rand-mM-nN" semantics, PIL ops)
-  augment.py      the per-example train recipe (crop, flip, RandAugment, normalise, erasing)
+  augment.py      the per-example recipes (pad-crop or random-resized-crop, flip, RandAugment,
+                  normalise, erasing; eval resize + center crop)
   pipeline.py     the train and eval iterators the loop uses, and `default_data_config`
 
 The train iterator is a grain DatasetIterator; save and restore it with orbax through
@@ -17,12 +21,16 @@ from prs_jax.data.pipeline import (
     default_data_config,
 )
 from prs_jax.data.sources import DATASETS
+from prs_jax.data.subsets import TRAIN_IDS_FILENAME, save_train_example_ids, train_example_ids
 
 __all__ = [
     "DATASETS",
     "DatasetInfo",
+    "TRAIN_IDS_FILENAME",
     "create_eval_iterator",
     "create_train_iterator",
     "dataset_info",
     "default_data_config",
+    "save_train_example_ids",
+    "train_example_ids",
 ]

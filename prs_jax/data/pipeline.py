@@ -1,8 +1,9 @@
 """Deterministic, resumable input pipelines: grain MapDatasets over random-access sources.
 
-Train: source -> shuffle (a new permutation each epoch) -> drop the epoch's remainder -> repeat
-forever -> augment (per-example generator from the seed and the example's position in the
-stream) -> batches of b = B / P consecutive examples -> this process takes batches p, p + P, ...
+Train: source (or its `train_fraction` subset, prs_jax.data.subsets) -> shuffle (a new
+permutation each epoch) -> drop the epoch's remainder -> repeat forever -> augment (per-example
+generator from the seed and the example's position in the stream) -> batches of b = B / P
+consecutive examples -> this process takes batches p, p + P, ...
 So the global batch t is examples [t B, (t + 1) B) of the stream, and process p holds its p-th
 b-slice: the same data whatever the number of processes or workers. Everything before
 `to_iter_dataset` is index arithmetic, so the iterator state is one integer (grain's
@@ -23,7 +24,7 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from prs_jax.data import augment, sources
+from prs_jax.data import augment, sources, subsets
 
 # Thread prefetch inside each process (and each grain worker). An element here is a whole batch,
 # and augmentation is mostly GIL-bound Python: a few threads and a short buffer; scale with
@@ -35,14 +36,39 @@ _PREFETCH_BATCHES = 4
 def default_data_config() -> ml_collections.ConfigDict:
     """Every `config.data` field the pipeline reads, with its default (the CIFAR-100 recipe)."""
     config = ml_collections.ConfigDict()
-    config.name = "cifar100"  # one of sources.DATASETS: 'cifar100' | 'digits'
+    # 'cifar100' | 'digits' | 'image_folder' | a TFDS image-classification name ('imagenet2012').
+    config.name = "cifar100"
     # TFDS data directory (None: TFDS's default, $TFDS_DATA_DIR or ~/tensorflow_datasets).
     config.data_dir = ml_collections.config_dict.placeholder(str)
+    # TFDS names other than cifar100 (which always does): download and prepare the dataset in
+    # data_dir if it is missing. imagenet2012 is built from `manual_dir` (ILSVRC2012_img_*.tar).
+    config.download = False
+    config.manual_dir = ml_collections.config_dict.placeholder(str)
+    # Where the train split's labels are cached for subsets (None: next to the TFDS files).
+    config.label_cache_dir = ml_collections.config_dict.placeholder(str)
+    # image_folder: ROOT/<train_split>/<class>/*.jpg|png and ROOT/<eval_split>/<class>/*, or
+    # a class-balanced `folder_validation_fraction` of train as the eval split.
+    config.folder_root = ml_collections.config_dict.placeholder(str)
+    config.folder_validation_fraction = 0.0
+    config.folder_on_corrupt = "raise"  # 'raise': error naming the file | 'skip': leave out, count
     config.image_size = 32  # images are resized to this (PIL bilinear) if they differ
     config.train_split = "train"  # TFDS split syntax ('train[:90%]'); digits: 'train' | 'test'
-    config.eval_split = "test"
-    # Train augmentation (DeiT's CIFAR recipe); 0 / False / 0.0 skips a step.
-    config.crop_padding = 4  # random crop of image_size after zero padding by this many pixels
+    config.eval_split = "test"  # always evaluated whole
+    # Train on a class-balanced subset: the first round(r * n_c) of a permutation of each class,
+    # seeded by subset_seed (not config.seed: runs with other seeds see the same examples), so
+    # smaller ratios are nested in larger ones. The ids are saved in the workdir.
+    config.train_fraction = 1.0
+    config.subset_seed = 0
+    # Train augmentation (DeiT's recipes); 0 / False / 0.0 skips a step.
+    # 'pad_crop': a random image_size crop after zero padding by crop_padding (CIFAR);
+    # 'random_resized_crop': RandomResizedCrop(image_size, scale=(crop_min_scale, 1)) (ImageNet).
+    config.train_crop = "pad_crop"
+    config.crop_padding = 4
+    config.crop_min_scale = 0.08
+    # Eval: 'none' (images resized to image_size) or 'resize_center_crop' (shorter side to
+    # image_size / eval_crop_pct, then the central image_size square: 256 -> 224).
+    config.eval_crop = "none"
+    config.eval_crop_pct = 0.875
     config.random_flip = True  # horizontal flip with probability 1/2
     config.randaugment_num_ops = 2  # timm "rand-m9-n2"; 0 disables RandAugment
     config.randaugment_magnitude = 9.0  # in [0, 10]
@@ -67,15 +93,31 @@ class DatasetInfo:
 
 
 def dataset_info(data_config: ml_collections.ConfigDict) -> DatasetInfo:
-    """Counts the examples of the configured splits (opens both sources, reads no records)."""
-    spec = sources.dataset_spec(data_config.name)
+    """Counts the examples of the configured splits; num_train_examples is the subset's size.
+
+    Opens both sources and reads no image; with train_fraction < 1 it reads the train labels.
+    """
+    spec = sources.dataset_spec(data_config)
+    _check_crops(data_config)
     return DatasetInfo(
         name=data_config.name,
         num_classes=spec.num_classes,
-        num_train_examples=len(sources.open_source(data_config, data_config.train_split)),
+        num_train_examples=len(subsets.train_source(data_config)),
         num_eval_examples=len(sources.open_source(data_config, data_config.eval_split)),
         image_size=data_config.image_size,
     )
+
+
+def _check_crops(data_config: ml_collections.ConfigDict) -> None:
+    if data_config.train_crop not in augment.TRAIN_CROPS:
+        raise ValueError(
+            f"config.data.train_crop={data_config.train_crop!r}; choose one of"
+            f" {augment.TRAIN_CROPS}"
+        )
+    if data_config.eval_crop not in augment.EVAL_CROPS:
+        raise ValueError(
+            f"config.data.eval_crop={data_config.eval_crop!r}; choose one of {augment.EVAL_CROPS}"
+        )
 
 
 def _per_process_batch_size(global_batch_size: int, process_index: int, process_count: int) -> int:
@@ -119,13 +161,16 @@ def create_train_iterator(
     `len % global_batch_size` examples dropped; the same seed and step give the same batch.
     """
     batch_size = _per_process_batch_size(global_batch_size, process_index, process_count)
-    spec = sources.dataset_spec(data_config.name)
-    source = sources.open_source(data_config, data_config.train_split)
+    spec = sources.dataset_spec(data_config)
+    _check_crops(data_config)
+    crop = data_config.train_crop
+    source = subsets.train_source(data_config, native_size=crop == "random_resized_crop")
     steps_per_epoch = len(source) // global_batch_size
     if steps_per_epoch == 0:
         raise ValueError(
             f"global_batch_size={global_batch_size} exceeds the {len(source)} examples of"
-            f" {data_config.name}:{data_config.train_split}"
+            f" {data_config.name}:{data_config.train_split} (train_fraction="
+            f"{data_config.train_fraction})"
         )
     # Two independent 32-bit seeds; grain's shuffle uses seed + epoch for each epoch, so hashing
     # keeps nearby user seeds (0, 1, ...) from sharing epochs.
@@ -134,6 +179,9 @@ def create_train_iterator(
         augment.train_example,
         mean=spec.mean,
         std=spec.std,
+        crop=crop,
+        image_size=data_config.image_size,
+        crop_min_scale=data_config.crop_min_scale,
         crop_padding=data_config.crop_padding,
         random_flip=data_config.random_flip,
         randaugment_num_ops=data_config.randaugment_num_ops,
@@ -176,12 +224,23 @@ def create_eval_iterator(
     another pass.
     """
     batch_size = _per_process_batch_size(global_batch_size, process_index, process_count)
-    spec = sources.dataset_spec(data_config.name)
-    source = sources.open_source(data_config, data_config.eval_split)
+    spec = sources.dataset_spec(data_config)
+    _check_crops(data_config)
+    crop = data_config.eval_crop
+    source = sources.open_source(
+        data_config, data_config.eval_split, native_size=crop == "resize_center_crop"
+    )
     num_batches = math.ceil(len(source) / global_batch_size)
     num_padding = num_batches * global_batch_size - len(source)
     dataset = grain.MapDataset.source(source).map(
-        functools.partial(augment.eval_example, mean=spec.mean, std=spec.std)
+        functools.partial(
+            augment.eval_example,
+            mean=spec.mean,
+            std=spec.std,
+            crop=crop,
+            image_size=data_config.image_size,
+            crop_pct=data_config.eval_crop_pct,
+        )
     )
     if num_padding:
         padding = grain.MapDataset.source([_padding_example(data_config.image_size)] * num_padding)

@@ -1,0 +1,199 @@
+r"""Run a grid of experiments one after another, or print their launch commands for many machines.
+
+  python -m prs_jax.sweep configs/sweeps/data_ratios.py --root ~/runs/ratios --dry_run
+  python -m prs_jax.sweep configs/sweeps/data_ratios.py:runlocal --root /tmp/ratios
+  python -m prs_jax.sweep configs/sweeps/uniform_switch.py --root ~/runs/switch --shard 0/4
+  python -m prs_jax.sweep configs/sweeps/data_ratios.py:dataset=imagenet --root gs://b/ratios \
+      --template 'launch/tpu/train.sh {name} "{command}"' -- --config.data.data_dir=gs://b/tfds
+
+A sweep file defines `get_sweep(arg) -> list[Run]`; each Run is (name, config, overrides):
+`config` is the `--config` value of prs_jax.main (a path relative to the repository root, with
+its ':arg'), `overrides` a dict of `--config.FIELD=VALUE` flags. Every run gets the workdir
+ROOT/NAME; flags after `--` are added to every command.
+
+Modes: run (default) executes the commands in order as subprocesses from the repository root,
+goes on after a failure, writes ROOT/report.{md,csv,png} at the end (prs_jax.report), and exits
+non-zero if a run failed; a rerun resumes each run from its workdir. `--dry_run` prints the
+commands, one per line; `--template` prints each formatted with {command}, {name}, {workdir},
+{index} (e.g. wrapped in an ssh or a launch script). `--shard I/N` keeps runs I, I+N, I+2N, ...
+so N machines can each run a share of the grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import pathlib
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+class Run(NamedTuple):
+    """One experiment of a sweep: prs_jax.main --config CONFIG --workdir ROOT/NAME OVERRIDES."""
+
+    name: str
+    config: str  # 'configs/cifar100.py:prs,epochs=300', relative to the repository root
+    overrides: Mapping[str, Any] = {}  # 'data.train_fraction' -> 0.1
+
+
+def _load_module(path: str | os.PathLike[str]):
+    path = pathlib.Path(path)
+    if not path.is_absolute() and not path.exists():
+        path = REPO_ROOT / path
+    if not path.is_file():
+        raise FileNotFoundError(f"no file {path}")
+    spec = importlib.util.spec_from_file_location(f"_prs_jax_sweep_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _split_arg(spec: str) -> tuple[str, str | None]:
+    path, sep, arg = spec.partition(":")
+    return path, (arg if sep else None)
+
+
+def load_config(config: str, overrides: Mapping[str, Any] | None = None):
+    """The ConfigDict that `--config CONFIG --config.K=V ...` gives prs_jax.main."""
+    path, arg = _split_arg(config)
+    result = _load_module(path).get_config(arg)
+    for key, value in (overrides or {}).items():
+        *parents, leaf = key.split(".")
+        node = result
+        for parent in parents:
+            node = node[parent]
+        if leaf not in node:
+            raise KeyError(f"override {key!r}: the config {config!r} has no field {key!r}")
+        node[leaf] = value
+    return result
+
+
+def load_sweep(spec: str) -> list[Run]:
+    """The runs of 'SWEEP_FILE[:ARG]', checked: unique names, configs that load."""
+    path, arg = _split_arg(spec)
+    runs = [Run(*r) for r in _load_module(path).get_sweep(arg)]  # plain tuples welcome
+    names = [r.name for r in runs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"sweep {spec!r} repeats run names {duplicates}")
+    for run in runs:
+        load_config(run.config, run.overrides)  # a typo fails now, not hours into the sweep
+    return runs
+
+
+def _flag_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def command(
+    run: Run, root: str, extra_args: Sequence[str] = (), python: str = "python"
+) -> list[str]:
+    """argv of one run: python -m prs_jax.main --config=... --workdir=ROOT/NAME --config.K=V ..."""
+    argv = [python, "-m", "prs_jax.main", f"--config={run.config}",
+            f"--workdir={root.rstrip('/')}/{run.name}"]
+    argv += [f"--config.{key}={_flag_value(value)}" for key, value in run.overrides.items()]
+    return argv + list(extra_args)
+
+
+def select_shard(runs: Sequence[Run], shard: str | None) -> list[Run]:
+    """Runs i, i + n, i + 2n, ... for shard 'i/n'; all runs for None."""
+    if not shard:
+        return list(runs)
+    index, _, count = shard.partition("/")
+    index, count = int(index), int(count)
+    if not 0 <= index < count:
+        raise ValueError(f"--shard={shard}: need I/N with 0 <= I < N")
+    return list(runs)[index::count]
+
+
+def run_all(
+    commands: Sequence[tuple[str, list[str]]],
+    runner: Callable[..., subprocess.CompletedProcess] = subprocess.run,
+) -> list[str]:
+    """Run (name, argv) pairs in order from the repository root; the names of those that failed."""
+    failed = []
+    for index, (name, argv) in enumerate(commands):
+        print(f"[{index + 1}/{len(commands)}] {name}: {shlex.join(argv)}", flush=True)
+        start = time.time()
+        returncode = runner(argv, cwd=REPO_ROOT, check=False).returncode
+        minutes = (time.time() - start) / 60
+        status = "done" if returncode == 0 else f"FAILED (exit {returncode})"
+        print(f"[{index + 1}/{len(commands)}] {name}: {status} after {minutes:.1f} min", flush=True)
+        if returncode != 0:
+            failed.append(name)
+    return failed
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra_args = []
+    if "--" in argv:
+        extra_args = argv[argv.index("--") + 1 :]
+        argv = argv[: argv.index("--")]
+    parser = argparse.ArgumentParser(
+        prog="python -m prs_jax.sweep", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "sweep", help="sweep file with get_sweep(arg), e.g. configs/sweeps/data_ratios.py:runlocal"
+    )
+    parser.add_argument("--root", required=True, help="each run's workdir is ROOT/NAME")
+    parser.add_argument("--dry_run", action="store_true", help="print the commands; run nothing")
+    parser.add_argument(
+        "--template", help="print each command formatted with {command} {name} {workdir} {index}"
+    )
+    parser.add_argument("--shard", help="I/N: only runs I, I+N, ... (one of N machines)")
+    parser.add_argument("--only", help="comma-separated run names to keep")
+    parser.add_argument(
+        "--python", help="interpreter of the runs (default: this one, or 'python' when printing)"
+    )
+    args = parser.parse_args(argv)
+
+    runs = select_shard(load_sweep(args.sweep), args.shard)
+    if args.only:
+        wanted = set(args.only.split(","))
+        unknown = wanted - {r.name for r in runs}
+        if unknown:
+            parser.error(f"--only names no run of this sweep (or shard): {sorted(unknown)}")
+        runs = [r for r in runs if r.name in wanted]
+
+    printing = args.dry_run or args.template
+    root = args.root
+    if not printing and "://" not in root:
+        root = os.path.abspath(os.path.expanduser(root))  # the runs start in the repository root
+    python = args.python or ("python" if printing else sys.executable)
+    commands = [(r.name, command(r, root, extra_args, python)) for r in runs]
+    if printing:
+        for index, (run, (name, cmd)) in enumerate(zip(runs, commands)):
+            line = shlex.join(cmd)
+            if args.template:
+                line = args.template.format(
+                    command=line, name=name, workdir=f"{root.rstrip('/')}/{name}", index=index
+                )
+            print(line)
+        return 0
+
+    failed = run_all(commands)
+    from prs_jax import report  # pylint: disable=import-outside-toplevel
+
+    workdirs = [f"{root}/{r.name}" for r in runs if os.path.exists(f"{root}/{r.name}/config.json")]
+    if workdirs:
+        written = report.write_report(workdirs, os.path.join(root, "report"))
+        print("Report: " + ", ".join(written))
+    if failed:
+        print(f"{len(failed)} of {len(runs)} runs failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""The sweep driver (grids, printed commands, sequential runs) and the report (table and plot from
+fabricated workdirs with known metrics)."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import types
+
+import pytest
+
+from prs_jax import config_lib, report, sweep, validation
+
+# --- sweep files --------------------------------------------------------------------------------
+
+
+def test_data_ratio_sweep_is_four_models_by_five_ratios():
+    runs = sweep.load_sweep("configs/sweeps/data_ratios.py")
+    assert len(runs) == 20 and len({r.name for r in runs}) == 20
+    grid = {(r.config, r.overrides["data.train_fraction"]) for r in runs}
+    assert grid == {
+        (f"configs/cifar100.py:{variant}", ratio)
+        for variant in ("resnet18", "deit", "convit", "prs")
+        for ratio in (0.05, 0.1, 0.25, 0.5, 1.0)
+    }
+    assert runs[0].name == "resnet_data005" and runs[-1].name == "prs_data100"
+
+
+def test_uniform_switch_sweep_switches_at_quarters_of_training_plus_prs():
+    runs = sweep.load_sweep("configs/sweeps/uniform_switch.py:train_fraction=0.1")
+    assert [r.name for r in runs] == [
+        "uniform_switch000", "uniform_switch025", "uniform_switch050", "uniform_switch075",
+        "uniform_switch100", "prs",
+    ]
+    switches = [r.overrides["schedule.first_layer_switch_epoch"] for r in runs[:5]]
+    assert switches == [0.0, 75.0, 150.0, 225.0, 300.0]  # of 300 epochs
+    assert all(r.overrides["data.train_fraction"] == 0.1 for r in runs)
+    config = sweep.load_config(runs[2].config, runs[2].overrides)
+    schedule = config.schedule
+    assert schedule.first_layer_switch_epoch == schedule.last_layer_switch_epoch == 150.0
+    # runlocal: the switches follow the shortened run.
+    local = sweep.load_sweep("configs/sweeps/uniform_switch.py:runlocal")
+    assert local[-2].overrides["schedule.last_layer_switch_epoch"] == 2.0
+
+
+def test_imagenet_config_recipe_and_variants():
+    config = sweep.load_config("configs/imagenet.py:prs,train_fraction=0.1")
+    assert config.data.name == "imagenet2012" and config.data.eval_split == "validation"
+    assert (config.data.image_size, config.model.patch_size) == (224, 16)
+    assert config.data.train_fraction == 0.1
+    assert config.data.train_crop == "random_resized_crop"
+    assert config.data.eval_crop == "resize_center_crop"
+    assert config.optimizer.learning_rate == pytest.approx(5e-4 * 1024 / 512)
+    assert (config.augment.mixup_alpha, config.augment.cutmix_alpha) == (0.8, 1.0)
+    assert config.schedule.first_layer_switch_epoch == 150.0
+    assert sweep.load_config("configs/imagenet.py:resnet50").model.stem == "imagenet"
+    assert sweep.load_config("configs/imagenet.py:deit").model.name == "deit_tiny"
+    for arg in ("prs", "uniform,switch=30", "convit", "conv", "reversed", "deit", "resnet18",
+                "resnet50", "prs,runlocal", "deit,runlocal", "resnet50,runlocal"):
+        validation.validate_config(sweep.load_config(f"configs/imagenet.py:{arg}"), device_count=8)
+
+
+def test_override_of_a_missing_field_is_an_error():
+    with pytest.raises(KeyError, match="no field 'data.train_fractoin'"):
+        sweep.load_config("configs/digits.py", {"data.train_fractoin": 0.5})
+
+
+# --- commands -----------------------------------------------------------------------------------
+
+
+def test_dry_run_prints_one_main_command_per_run(capsys):
+    assert sweep.main(["configs/sweeps/data_ratios.py", "--root", "/runs/r", "--dry_run",
+                       "--", "--config.data.data_dir=/tfds"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 20
+    assert lines[6] == (
+        "python -m prs_jax.main --config=configs/cifar100.py:deit --workdir=/runs/r/deit_data010"
+        " --config.data.train_fraction=0.1 --config.data.data_dir=/tfds"
+    )
+
+
+def test_template_and_shard_for_many_machines(capsys):
+    sweep.main(["configs/sweeps/uniform_switch.py", "--root", "gs://b/s", "--shard", "1/2",
+                "--template", "ssh worker{index} '{command}' # {name} {workdir}"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3  # runs 1, 3, 5 of 6
+    assert lines[0].startswith("ssh worker0 'python -m prs_jax.main --config=configs/cifar100.py:u")
+    assert lines[0].endswith("' # uniform_switch025 gs://b/s/uniform_switch025")
+    assert lines[2].endswith("# prs gs://b/s/prs")
+
+
+def test_run_mode_runs_in_order_and_goes_on_after_a_failure(capsys):
+    calls = []
+
+    def fake_run(argv, cwd, check):
+        calls.append(argv)
+        return types.SimpleNamespace(returncode=1 if "--workdir=/r/b" in argv else 0)
+
+    runs = [sweep.Run("a", "configs/digits.py"), sweep.Run("b", "configs/digits.py"),
+            sweep.Run("c", "configs/digits.py", {"num_epochs": 2.0})]
+    commands = [(r.name, sweep.command(r, "/r")) for r in runs]
+    assert sweep.run_all(commands, runner=fake_run) == ["b"]
+    assert [c[4] for c in calls] == ["--workdir=/r/a", "--workdir=/r/b", "--workdir=/r/c"]
+    assert calls[2][-1] == "--config.num_epochs=2.0"
+    assert "b: FAILED (exit 1)" in capsys.readouterr().out
+
+
+def test_cli_entry_point_prints_commands():
+    result = subprocess.run(
+        [sys.executable, "-m", "prs_jax.sweep", "configs/sweeps/uniform_switch.py", "--root", "/r",
+         "--dry_run", "--only", "prs"],
+        cwd=sweep.REPO_ROOT, capture_output=True, text=True, check=True,
+    )
+    expected = "python -m prs_jax.main --config=configs/cifar100.py:prs --workdir=/r/prs\n"
+    assert result.stdout == expected
+
+
+# --- report -------------------------------------------------------------------------------------
+
+
+def fabricate_run(root, name, arg, fraction, evals, overrides=None):
+    """A workdir with the config of configs/cifar100.py:ARG and eval records {step: accuracy}."""
+    config = sweep.load_config(f"configs/cifar100.py:{arg}", overrides)
+    config.data.train_fraction = fraction
+    workdir = os.path.join(root, name)
+    os.makedirs(workdir)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        json.dump(config.to_dict(), f)
+    with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+        f.write(json.dumps({"hparams": {"seed": 0}}) + "\n")
+        for step, accuracy in evals.items():
+            f.write(json.dumps({"step": step - 1, "train/loss": 2.0}) + "\n")
+            f.write(json.dumps({"step": step, "eval/accuracy": accuracy, "eval/loss": 1.0}) + "\n")
+    return workdir
+
+
+@pytest.fixture
+def runs(tmp_path):
+    root = str(tmp_path / "runs")
+    fabricate_run(root, "resnet_data010", "resnet18", 0.1, {100: 0.31, 200: 0.35, 300: 0.34})
+    fabricate_run(root, "resnet_data100", "resnet18", 1.0, {100: 0.60, 200: 0.71})
+    fabricate_run(root, "prs_data010", "prs", 0.1, {100: 0.30, 200: 0.4125})
+    fabricate_run(root, "prs_data100", "prs", 1.0, {100: 0.65, 200: 0.7731})
+    for switch, accuracy in ((0, 0.52), (150, 0.58), (300, 0.55)):
+        overrides = {"schedule.first_layer_switch_epoch": float(switch),
+                     "schedule.last_layer_switch_epoch": float(switch)}
+        fabricate_run(root, f"uniform_switch{switch:03d}", "uniform", 1.0, {50: 0.1, 99: accuracy},
+                      overrides)
+    os.makedirs(os.path.join(root, "not_started"))  # no config.json: not a run
+    return root
+
+
+def test_report_table_holds_the_runs_metrics(runs, tmp_path):
+    prefix = str(tmp_path / "out" / "report")
+    assert report.main(["--workdirs", runs, "--out", prefix]) == 0
+    with open(prefix + ".csv") as f:
+        rows = {row["run"]: row for row in csv.DictReader(f)}
+    assert len(rows) == 7
+    resnet = rows["resnet_data010"]
+    assert (float(resnet["final_accuracy"]), float(resnet["best_accuracy"])) == (0.34, 0.35)
+    assert (resnet["best_step"], resnet["steps"], resnet["schedule"]) == ("200", "300", "none")
+    assert float(rows["prs_data010"]["train_fraction"]) == 0.1
+    assert float(rows["prs_data100"]["best_accuracy"]) == 0.7731
+    assert rows["prs_data100"]["schedule"] == "prs"
+    assert float(rows["prs_data100"]["conv_epochs"]) == 100.0  # mean of 150 and 50
+    assert [rows[f"uniform_switch{s:03d}"]["schedule"] for s in (0, 150, 300)] == [
+        "convit", "uniform", "conv"]
+    assert float(rows["uniform_switch150"]["conv_epochs"]) == 150.0
+    assert rows["resnet_data010"]["conv_epochs"] == ""
+
+    markdown = open(prefix + ".md").read()
+    for line in (
+        "| prs_data100 | cifar100 | convit_tiny | prs | 100 | 100 | 300 | 200 | 77.31 | 77.31 | 200 |",  # noqa: E501
+        "| resnet_data010 | cifar100 | resnet18 | none | 10 |  | 300 | 300 | 34.00 | 35.00 | 200 |",
+    ):
+        assert line in markdown.splitlines()
+
+
+def test_report_plot_is_a_png(runs, tmp_path):
+    two = [os.path.join(runs, "prs_data010"), os.path.join(runs, "prs_data100")]
+    paths = report.write_report(two, str(tmp_path / "two"))
+    with open(paths[2], "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert os.path.getsize(paths[2]) > 10_000
+
+
+def test_report_lists_a_run_without_evals_with_empty_accuracies(tmp_path):
+    workdir = fabricate_run(str(tmp_path), "fresh", "deit", 0.25, {})
+    (row,) = [report.read_run(workdir)]
+    assert row["final_accuracy"] is None and row["best_accuracy"] is None and row["steps"] == 0
+    assert row["schedule"] == "none" and row["model"] == "deit_tiny"
+    with pytest.raises(FileNotFoundError, match="not a run workdir"):
+        report.find_workdirs([str(tmp_path / "nothing")])
+
+
+def test_parse_arg_of_sweep_files_rejects_unknown_arguments():
+    with pytest.raises(ValueError, match="unknown config argument 'ratio'"):
+        sweep.load_sweep("configs/sweeps/data_ratios.py:ratio=0.1")
+    assert config_lib.parse_arg("dataset=imagenet", dataset="cifar100").dataset == "imagenet"
