@@ -107,6 +107,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     config.log_every_steps = 50
     config.eval_every_epochs = 5.0
+    # Fourier analysis in training (prs_jax.fourier): every N epochs, the high-frequency relative
+    # log amplitude of each block on the first eval batch, to TensorBoard. 0 turns it off.
+    config.fourier_every_epochs = 0.0
     config.checkpoint_every_steps = 1000
     config.keep_checkpoints = 3
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import signal
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -25,6 +24,7 @@ import numpy as np
 import optax
 from absl import logging
 from clu import parameter_overview, periodic_actions
+from etils import epath
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -32,6 +32,7 @@ from prs_jax import (
     checkpointing,
     convert,
     data,
+    fourier,
     metrics,
     mixing,
     models,
@@ -261,11 +262,11 @@ def summarise(step_metrics: list[dict[str, jax.Array]], prefix: str = "train/") 
 class _PreemptionFlag:
     """Set by SIGTERM; the loop then saves a checkpoint at the current step and exits."""
 
-    def __init__(self) -> None:
+    def __init__(self, install: bool = True) -> None:
         self.requested = False
         # Python delivers signals to the main thread only; elsewhere (a notebook's worker
         # thread) the default SIGTERM behaviour stays.
-        self._installed = threading.current_thread() is threading.main_thread()
+        self._installed = install and threading.current_thread() is threading.main_thread()
         if self._installed:
             self._previous = signal.signal(signal.SIGTERM, self._handler)
 
@@ -333,6 +334,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         out_shardings=replicated,
     )
 
+    spectra_step = jax.jit(
+        fourier.make_spectra_step(model, conv_strength_fn),
+        in_shardings=(replicated, data_sharding),
+        out_shardings=replicated,
+    )
+
     # State: resume from the workdir's latest checkpoint, else initialise from the seed, then
     # take converted weights if config.init_from names a file.
     init = jax.jit(
@@ -367,8 +374,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
     writer = metrics.create_writer(workdir)
     if is_chief:
-        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-            json.dump(config.to_dict(), f, indent=2, sort_keys=True)
+        # epath: a local path or gs:// (a multi-host TPU slice's workdir).
+        (epath.Path(workdir) / "config.json").write_text(
+            json.dumps(config.to_dict(), indent=2, sort_keys=True)
+        )
         # The examples a train_fraction < 1 run trains on (indices into data.train_split).
         ids_path = data.save_train_example_ids(config.data, workdir)
         if ids_path:
@@ -394,7 +403,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         num_train_steps=steps.total_steps, writer=writer
     )
     eval_every_steps = max(1, round(config.eval_every_epochs * steps.steps_per_epoch))
-    preemption = _PreemptionFlag()
+    # 0: off. Otherwise the high-frequency value per block on the first eval batch (Park & Kim).
+    fourier_every_epochs = config.get("fourier_every_epochs", 0.0)
+    fourier_every_steps = (
+        max(1, round(fourier_every_epochs * steps.steps_per_epoch)) if fourier_every_epochs else 0
+    )
+    # One process: our SIGTERM flag. Several: every process must stop at the same step, so leave
+    # SIGTERM to JAX's preemption service (started by jax.distributed.initialize), which agrees
+    # on a step across processes that manager.reached_preemption(step) then reports to each.
+    preemption = _PreemptionFlag(install=jax.process_count() == 1)
     pending_metrics: list[dict[str, jax.Array]] = []
     last_logged_step = step = initial_step
     try:
@@ -420,6 +437,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                     results = evaluate(eval_step, state, eval_batches(), data_sharding)
                 writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()})
                 logging.info("Step %d: eval accuracy %.4f.", step, results["accuracy"])
+
+            if fourier_every_steps and (
+                step % fourier_every_steps == 0 or step == steps.total_steps
+            ):
+                with report_progress.timed("fourier"):
+                    batch = to_global(next(iter(eval_batches())), data_sharding)
+                    spectra = fourier.high_frequency_scalars(
+                        spectra_step(state, batch), model.feature_map_kinds()
+                    )
+                writer.write_scalars(step, spectra)
 
             with report_progress.timed("checkpoint"):
                 checkpointing.save(manager, step, state, train_iter, config, force=preempted)

@@ -89,6 +89,8 @@ def validate_config(config: ml_collections.ConfigDict, *, device_count: int) -> 
         _check(isinstance(config[name], int) and config[name] > 0, name, config[name],
                "a positive integer")
     _check(config.eval_every_epochs > 0, "eval_every_epochs", config.eval_every_epochs, "> 0")
+    fourier_every_epochs = config.get("fourier_every_epochs", 0.0)
+    _check(fourier_every_epochs >= 0, "fourier_every_epochs", fourier_every_epochs, ">= 0 (0: off)")
 
 
 def check_workdir(workdir: str) -> None:

@@ -35,6 +35,7 @@ def tiny_run_config():
     config.schedule.update(first_layer_switch_epoch=1.0, last_layer_switch_epoch=0.5)
     config.log_every_steps = 2
     config.eval_every_epochs = 1.0
+    config.fourier_every_epochs = 1.0
     config.checkpoint_every_steps = 3
     config.keep_checkpoints = 2
     return config
@@ -110,6 +111,10 @@ def test_tensorboard_events_hold_train_and_eval_scalars(finished_run):
     assert tags["train/loss"] == [2, 4, 6, 8]
     assert tags["eval/accuracy"] == [4, 8]
     assert "train/conv_strength/layer_01" in tags and "train/gate/layer_00" in tags
+    # The Fourier lens in training: one high-frequency value per block (1 + 2 x depth), per epoch.
+    fourier_tags = sorted(t for t in tags if t.startswith("fourier/high_frequency/"))
+    assert len(fourier_tags) == 1 + 2 * 3
+    assert all(tags[t] == [4, 8] for t in fourier_tags)
 
 
 def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, monkeypatch, finished_run):
