@@ -7,11 +7,11 @@ the Fourier analysis of the model at each stage.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from typing import Any
 
 from absl import logging
+from etils import epath
 import grain
 import jax
 import ml_collections
@@ -20,6 +20,14 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy as preserva
 from orbax.checkpoint.checkpoint_managers import save_decision_policy as save_decision
 
 CHECKPOINT_DIR = "checkpoints"
+
+
+def checkpoint_dir(workdir: str) -> epath.Path:
+    """WORKDIR/checkpoints, absolute; works for local paths and gs:// alike."""
+    path = epath.Path(workdir)
+    if not str(workdir).startswith(("gs://", "s3://")):
+        path = path.absolute()  # orbax wants absolute local paths
+    return path / CHECKPOINT_DIR
 
 
 def create_checkpoint_manager(
@@ -49,7 +57,7 @@ def create_checkpoint_manager(
         cleanup_tmp_directories=True,
     )
     return ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR),
+        checkpoint_dir(workdir),
         options=options,
         item_names=("state", "data", "config"),
     )
@@ -137,7 +145,7 @@ def latest_config(manager: ocp.CheckpointManager) -> dict[str, Any] | None:
 def restore_config(workdir: str, step: int | None = None) -> ml_collections.ConfigDict:
     """The resolved config saved with a run's checkpoint (the latest one by default)."""
     with ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR),
+        checkpoint_dir(workdir),
         item_names=("state", "data", "config"),
         options=ocp.CheckpointManagerOptions(read_only=True),
     ) as manager:

@@ -10,6 +10,7 @@ from typing import Any
 import jax
 import numpy as np
 from clu import metric_writers
+from etils import epath
 
 METRICS_FILENAME = "metrics.jsonl"
 
@@ -18,25 +19,44 @@ class JsonlWriter(metric_writers.MetricWriter):
     """Appends one JSON object per `write_scalars` call: {"step": s, name: value, ...}.
 
     clu has no JSON writer; a line-per-record file is what scripts and notebooks read most easily.
-    Only scalars and hyperparameters are recorded; other kinds are TensorBoard's job.
+    Only scalars and hyperparameters are recorded; other kinds are TensorBoard's job. Object
+    stores (gs://) cannot append, so there the whole (small) file is rewritten at each flush.
     """
 
     def __init__(self, path: str | os.PathLike[str]):
-        self._file = open(path, "a", encoding="utf-8")
+        self._path = epath.Path(path)
+        self._appendable = not str(path).startswith(("gs://", "s3://"))
+        if self._appendable:
+            self._file = open(self._path, "a", encoding="utf-8")
+        else:
+            self._lines = self._path.read_text().splitlines(True) if self._path.exists() else []
+
+    def _write(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record) + "\n"
+        if self._appendable:
+            self._file.write(line)
+        else:
+            self._lines.append(line)
 
     def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
         record = {"step": int(step)}
         record.update({name: float(np.asarray(value)) for name, value in scalars.items()})
-        self._file.write(json.dumps(record) + "\n")
+        self._write(record)
+        self.flush()
 
     def write_hparams(self, hparams: Mapping[str, Any]) -> None:
-        self._file.write(json.dumps({"hparams": {k: _jsonable(v) for k, v in hparams.items()}}) + "\n")
+        self._write({"hparams": {k: _jsonable(v) for k, v in hparams.items()}})
 
     def flush(self) -> None:
-        self._file.flush()
+        if self._appendable:
+            self._file.flush()
+        else:
+            self._path.write_text("".join(self._lines))
 
     def close(self) -> None:
-        self._file.close()
+        self.flush()
+        if self._appendable:
+            self._file.close()
 
     # Not recorded in the JSON-lines file.
     def write_summaries(self, step, values, metadata=None) -> None:  # noqa: D102
@@ -67,11 +87,12 @@ def create_writer(workdir: str) -> metric_writers.MetricWriter:
     if jax.process_index() > 0:
         return metric_writers.create_default_writer(workdir, just_logging=True)
     tensorboard = metric_writers.create_default_writer(workdir, asynchronous=False)
-    return metric_writers.MultiWriter([tensorboard, JsonlWriter(os.path.join(workdir, METRICS_FILENAME))])
+    jsonl = JsonlWriter(epath.Path(workdir) / METRICS_FILENAME)
+    return metric_writers.MultiWriter([tensorboard, jsonl])
 
 
 def read_metrics(workdir: str) -> list[dict[str, float]]:
     """The scalar records of a run's metrics.jsonl, in order (hyperparameter lines skipped)."""
-    with open(os.path.join(workdir, METRICS_FILENAME), encoding="utf-8") as f:
-        records = [json.loads(line) for line in f if line.strip()]
+    text = (epath.Path(workdir) / METRICS_FILENAME).read_text()
+    records = [json.loads(line) for line in text.splitlines() if line.strip()]
     return [r for r in records if "step" in r]
