@@ -387,7 +387,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                 ids_path,
             )
         if initial_step == 0:
-            writer.write_hparams(_flatten(config.to_dict()))
+            writer.write_hparams(validation.flatten(config.to_dict()))
     parameter_overview.log_parameter_overview(state.params)
     logging.info(
         "%s: %d steps (%d per epoch, %d warmup); layer switches at steps %s.",
@@ -471,13 +471,3 @@ def check_finite(summary: Mapping[str, float], first_step: int, last_step: int) 
             " no checkpoint was written from these steps, the last one saved before them is"
             " intact (lower the learning rate or check the input data)"
         )
-
-
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat

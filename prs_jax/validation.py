@@ -132,7 +132,7 @@ def resume_differences(
     saved: Mapping[str, Any], new: Mapping[str, Any]
 ) -> tuple[list[str], list[str]]:
     """(incompatible, compatible) differences between a run's saved config and a new one."""
-    saved_flat, new_flat = _flatten(saved), _flatten(new)
+    saved_flat, new_flat = flatten(saved), flatten(new)
     incompatible, compatible = [], []
     for key in sorted(set(saved_flat) | set(new_flat)):
         old, value = saved_flat.get(key, "<unset>"), new_flat.get(key, "<unset>")
@@ -174,11 +174,12 @@ def _is_data_default(key: str, value: Any) -> bool:
     return field in defaults and defaults[field] == value
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}: a nested config as dotted field names."""
     flat = {}
     for key, value in tree.items():
         if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[prefix + key] = value
     return flat
