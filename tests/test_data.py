@@ -512,3 +512,14 @@ def test_pipeline_with_imagenet_crops_reads_native_images(mock_cifar):
                                atol=1e-5)
     with pytest.raises(ValueError, match=r"data.eval_crop='center'.*resize_center_crop"):
         data.dataset_info(cifar_config(eval_crop="center"))
+
+
+def test_posterize_to_zero_bits_is_black_not_an_error():
+    """Magnitude 10 with inc1 asks for 0 bits; Pillow >= 13 rejects that, timm gives black."""
+    from PIL import Image
+
+    from prs_jax.data import randaugment
+
+    image = Image.new("RGB", (4, 4), (200, 100, 50))
+    assert np.asarray(randaugment._posterize(image, 0)).max() == 0
+    assert np.asarray(randaugment._posterize(image, 8)).tolist() == np.asarray(image).tolist()

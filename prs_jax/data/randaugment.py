@@ -46,7 +46,11 @@ def _solarize_add(image: Image.Image, amount: int) -> Image.Image:
 
 
 def _posterize(image: Image.Image, bits: int) -> Image.Image:
-    return image if bits >= 8 else ImageOps.posterize(image, bits)
+    if bits >= 8:
+        return image
+    if bits <= 0:  # no bit kept: black (timm, older Pillow); Pillow >= 13 rejects bits=0
+        return Image.new(image.mode, image.size)
+    return ImageOps.posterize(image, bits)
 
 
 # name -> op(image, argument, fill). AutoContrast, Equalize and Invert ignore the argument.
