@@ -14,6 +14,13 @@ written by all processes together, and all processes leave through one final bar
 
 import os
 
+if __name__ == "__main__":
+    # First, before JAX or TensorFlow start threads: on CPU, XLA's per-step scratch is then
+    # reused instead of faulted in afresh each step (1.5-1.9x faster steps; host_allocator).
+    from prs_jax import host_allocator
+
+    host_allocator.configure_for_training()
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 

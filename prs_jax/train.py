@@ -8,6 +8,7 @@ and the train state is donated. This is the SPMD program that `pmap` used to exp
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import signal
@@ -220,6 +221,56 @@ def make_eval_step(
     return eval_step
 
 
+@dataclasses.dataclass(frozen=True)
+class RunFunctions:
+    """The schedules, optimizer and jitted functions of a run, shared by training and bench."""
+
+    conv_strength_fn: Callable[[jax.Array], jax.Array]
+    learning_rate_fn: optax.Schedule
+    tx: optax.GradientTransformation
+    train_step: Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]
+    eval_step: Callable[[TrainState, Batch], dict[str, jax.Array]]
+    init: Callable[[], TrainState]
+
+
+def build_run_functions(
+    config: ml_collections.ConfigDict,
+    model: nn.Module,
+    num_classes: int,
+    steps: schedule.TrainingSteps,
+    mesh: jax.sharding.Mesh,
+) -> RunFunctions:
+    """Schedules, optimizer, and the train/eval/init functions jitted over `mesh`.
+
+    One compilation each for the whole run: the schedule is traced, not static. The train step
+    donates the old state, so its buffers are reused for the new one.
+    """
+    data_sharding, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+    conv_strength_fn = schedule.make_conv_strength_fn(
+        model.num_gpsa_layers, steps.steps_per_epoch, config.schedule
+    )
+    learning_rate_fn = schedule.learning_rate_schedule(
+        config.optimizer.learning_rate, steps, end_learning_rate=config.optimizer.min_learning_rate
+    )
+    tx = optimizer.create_optimizer(config.optimizer, learning_rate_fn)
+    train_step = jax.jit(
+        make_train_step(model, tx, conv_strength_fn, learning_rate_fn, config, num_classes),
+        in_shardings=(replicated, data_sharding),
+        out_shardings=(replicated, replicated),
+        donate_argnums=(0,),
+    )
+    eval_step = jax.jit(
+        make_eval_step(model, conv_strength_fn),
+        in_shardings=(replicated, data_sharding),
+        out_shardings=replicated,
+    )
+    init = jax.jit(
+        functools.partial(initial_state, model, tx, config.data.image_size, config.seed),
+        out_shardings=replicated,
+    )
+    return RunFunctions(conv_strength_fn, learning_rate_fn, tx, train_step, eval_step, init)
+
+
 def evaluate(
     eval_step: Callable[[TrainState, Batch], dict[str, jax.Array]],
     state: TrainState,
@@ -311,28 +362,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         process_count=jax.process_count(),
     )
 
-    # Model and the two schedules: conv strength per GPSA layer, and learning rate.
+    # Model, the two schedules (conv strength per GPSA layer, learning rate) and the steps.
     model = create_model(config, info.num_classes)
-    conv_strength_fn = schedule.make_conv_strength_fn(
-        model.num_gpsa_layers, steps.steps_per_epoch, config.schedule
-    )
-    learning_rate_fn = schedule.learning_rate_schedule(
-        config.optimizer.learning_rate, steps, end_learning_rate=config.optimizer.min_learning_rate
-    )
-    tx = optimizer.create_optimizer(config.optimizer, learning_rate_fn)
-
-    # Steps: one compilation each for the whole run (the schedule is traced, not static).
-    train_step = jax.jit(
-        make_train_step(model, tx, conv_strength_fn, learning_rate_fn, config, info.num_classes),
-        in_shardings=(replicated, data_sharding),
-        out_shardings=(replicated, replicated),
-        donate_argnums=(0,),
-    )
-    eval_step = jax.jit(
-        make_eval_step(model, conv_strength_fn),
-        in_shardings=(replicated, data_sharding),
-        out_shardings=replicated,
-    )
+    run = build_run_functions(config, model, info.num_classes, steps, mesh)
+    conv_strength_fn, train_step, eval_step = run.conv_strength_fn, run.train_step, run.eval_step
 
     spectra_step = jax.jit(
         fourier.make_spectra_step(model, conv_strength_fn),
@@ -342,10 +375,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
     # State: resume from the workdir's latest checkpoint, else initialise from the seed, then
     # take converted weights if config.init_from names a file.
-    init = jax.jit(
-        functools.partial(initial_state, model, tx, config.data.image_size, config.seed),
-        out_shardings=replicated,
-    )
     switch_steps = schedule.layer_switch_steps(
         conv_strength_fn, steps.total_steps, model.num_gpsa_layers
     )
@@ -360,16 +389,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     if saved_config is not None:
         for change in validation.check_resume(saved_config, config.to_dict(), workdir):
             logging.info("Resuming with a changed config: %s", change)
-    abstract_state = checkpointing.abstract_like(jax.eval_shape(init), replicated)
+    abstract_state = checkpointing.abstract_like(jax.eval_shape(run.init), replicated)
     restored = checkpointing.restore_latest(manager, abstract_state, train_iter)
     if restored is not None:
         state, initial_step = restored
         logging.info("Resumed from %s at step %d.", workdir, initial_step)
     else:
-        state, initial_step = init(), 0
+        state, initial_step = run.init(), 0
         logging.info("Initialised a new run in %s.", workdir)
         if config.get("init_from") and config.init_from.path:
-            state = init_from_weights(state, config.init_from, tx, replicated)
+            state = init_from_weights(state, config.init_from, run.tx, replicated)
             logging.info("Weights from %s.", config.init_from.path)
 
     writer = metrics.create_writer(workdir)

@@ -18,7 +18,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prs_jax.models.gpsa import GatedPositionalSelfAttention, dense_init
+from prs_jax.models.gpsa import (
+    DenseKernel,
+    GatedPositionalSelfAttention,
+    content_attention,
+    dense_init,
+    merge_heads,
+    project_heads,
+)
 
 Array = jax.Array
 Dtype = Any
@@ -31,8 +38,9 @@ class MultiHeadSelfAttention(nn.Module):
     """Standard MHSA with a fused QKV projection (timm's layout): x [B, N, C] -> [B, N, C].
 
     Written out rather than `nn.MultiHeadDotProductAttention` so that the parameter layout is
-    the fused qkv/proj of ConViT and DeiT checkpoints; the attention itself is
-    `jax.nn.dot_product_attention`, which picks a fused kernel where the backend has one.
+    the fused qkv/proj of ConViT and DeiT checkpoints. Heads are projected straight into
+    [B, H, N, d] (the layout the batched attention products want, so no transposes between
+    them), and the softmax is in float32 whatever the compute dtype.
     """
 
     num_heads: int
@@ -42,15 +50,35 @@ class MultiHeadSelfAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False) -> Array:
-        batch, num_tokens, width = x.shape
-        dense = functools.partial(
-            nn.Dense, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=dense_init
+        width = x.shape[-1]
+        qkv = DenseKernel(3 * width, use_bias=self.qkv_bias, kernel_init=dense_init, name="qkv")(
+            width
         )
-        qkv = dense(3 * width, use_bias=self.qkv_bias, name="qkv")(x)
-        qkv = qkv.reshape(batch, num_tokens, 3, self.num_heads, width // self.num_heads)
-        out = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])
-        out = dense(width, name="proj")(out.reshape(batch, num_tokens, width))
+        proj_kernel, proj_bias = DenseKernel(
+            width, use_bias=True, kernel_init=dense_init, name="proj"
+        )(width)
+        cast = functools.partial(jnp.asarray, dtype=self.dtype)
+        x = cast(x)
+        # One fused projection into [B, 3H, N, d]: the query, key and value heads, in that order.
+        qkv_kernel = qkv[0] if self.qkv_bias else qkv
+        heads = project_heads(x, cast(qkv_kernel), 3 * self.num_heads)
+        if self.qkv_bias:
+            heads = heads + cast(qkv[1]).reshape(3 * self.num_heads, 1, -1)
+        q, k, v = jnp.split(heads, 3, axis=1)
+        attention = content_attention(q, k).astype(self.dtype)
+        out = jnp.einsum("bhnm,bhmd->bhnd", attention, v)
+        out = merge_heads(out, cast(proj_kernel)) + cast(proj_bias)
         return nn.Dropout(self.dropout_rate)(out, deterministic=not train)
+
+
+def gelu(x: Array) -> Array:
+    """Exact GELU, x Phi(x) = x (1 + erf(x / sqrt 2)) / 2: PyTorch's formula.
+
+    `nn.gelu(approximate=False)` evaluates Phi through erfc, which XLA:CPU expands into a
+    tail-accurate but several times more expensive sequence (with exp); erf is one rational
+    polynomial. The two agree to float32 rounding (see tests/test_fast_path.py).
+    """
+    return x * (0.5 + 0.5 * jax.lax.erf(x * np.asarray(np.sqrt(0.5), x.dtype)))
 
 
 class Mlp(nn.Module):
@@ -67,7 +95,7 @@ class Mlp(nn.Module):
             nn.Dense, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=dense_init
         )
         x = dense(int(width * self.mlp_ratio), name="fc1")(x)
-        x = nn.gelu(x, approximate=False)
+        x = gelu(x)
         x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
         x = dense(width, name="fc2")(x)
         return nn.Dropout(self.dropout_rate)(x, deterministic=not train)

@@ -1,0 +1,119 @@
+"""The benchmark's bookkeeping on a tiny config: one compilation over a run visiting every layer
+switch, the two phases it times, XLA's FLOP count, timm's arguments. No timing is asserted."""
+
+import platform
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from prs_jax import bench, config_lib
+
+NUM_CLASSES = 10
+
+
+@pytest.fixture(scope="module")
+def setup():
+    config = config_lib.base_config()
+    config.model.update(patch_size=4, hidden_size=16, num_heads=4, depth=3, num_gpsa_layers=2)
+    config.data.image_size = 16
+    config.batch_size, config.eval_batch_size = 8, 8
+    config.num_epochs, config.optimizer.warmup_epochs = 4.0, 1.0
+    config_lib.set_schedule(config, "prs")  # layer 0 switches at epoch 2, layer 1 at epoch 2/3
+    model = bench.train.create_model(config, NUM_CLASSES)
+    # 5 steps per epoch, 20 in all.
+    return config, bench.build_step(config, model, NUM_CLASSES, train_examples=40)
+
+
+def test_one_compilation_serves_a_run_that_visits_every_layer_switch(setup):
+    _, step_setup = setup
+    with bench.compile_events("train_step") as compiles:
+        visited = bench.run_across_switches(step_setup)
+    assert visited == [0, 4, 10, 19]  # start, the two switches (epochs 2/3 and 2), the last step
+    assert compiles["count"] == 1
+    with bench.compile_events("train_step") as again:
+        bench.run_across_switches(step_setup)
+    assert again["count"] == 0
+
+
+def test_phases_are_all_convolution_then_all_self_attention(setup):
+    _, step_setup = setup
+    phases = bench.phase_steps(step_setup)
+    assert phases == {"conv": 0, "attention": 10}
+    np.testing.assert_array_equal(step_setup.conv_strength_fn(phases["conv"]), [1.0, 1.0])
+    np.testing.assert_array_equal(step_setup.conv_strength_fn(phases["attention"]), [0.0, 0.0])
+
+
+def test_flop_count_covers_forward_and_backward(setup):
+    config, step_setup = setup
+    train_flops, _ = bench.cost_and_memory(step_setup)
+    eval_flops = bench.eval_flops(step_setup)
+    per_image_train = train_flops / config.batch_size
+    per_image_eval = eval_flops / config.eval_batch_size
+    # A train step is a forward and a backward pass (about 3 forward passes at full size; this
+    # tiny model's softmaxes and optimizer update weigh more).
+    assert per_image_eval > 0 and 1.5 < per_image_train / per_image_eval < 4.5
+
+
+def test_timing_summary_is_median_min_max_of_images_per_second():
+    timing = bench.Timing("x", images_per_step=100, seconds=[1.0, 2.0, 0.5])
+    assert timing.images_per_s() == (100.0, 50.0, 200.0)
+
+
+def test_timm_arguments_match_our_convit_tiny():
+    config = config_lib.base_config()
+    name, kwargs = bench.timm_kwargs(config, 100)
+    assert name == "convit_tiny"
+    assert kwargs["embed_dim"] * kwargs["num_heads"] == 192  # timm multiplies by the heads
+    assert kwargs["local_up_to_layer"] == 10 and kwargs["depth"] == 12
+    assert kwargs["img_size"] == 32 and kwargs["patch_size"] == 4 and kwargs["num_classes"] == 100
+    assert kwargs["drop_path_rate"] == config.model.drop_path_rate
+
+
+def test_the_contenders_are_alternated_round_by_round():
+    calls = []
+    contenders = {
+        "a": lambda: calls.append("a") or 1.0,
+        "b": lambda: calls.append("b") or 2.0,
+    }
+    seconds, faults = bench.race(contenders, repeats=3, settle_s=0.0)
+    assert calls == ["a", "b"] * 3
+    assert seconds == {"a": [1.0] * 3, "b": [2.0] * 3}
+    assert set(faults) == {"a", "b"} and len(faults["a"]) == 3
+
+
+REUSE_PROBE = """
+import ctypes, resource, sys
+from prs_jax import host_allocator
+applied = host_allocator.reuse_freed_memory() if sys.argv[1] == "reuse" else False
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+size = 256 * 2**20
+faults = []
+for _ in range(3):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    block = libc.malloc(size)
+    ctypes.memset(block, 1, size)  # touch every page, as XLA's scratch block is
+    libc.free(block)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(applied, faults[-1])
+"""
+
+
+@pytest.mark.skipif(
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only"
+)
+def test_reused_host_memory_is_not_faulted_in_again():
+    """A freed 256 MiB block comes back without page faults (XLA:CPU's per-step scratch)."""
+
+    def probe(mode):
+        out = subprocess.run([sys.executable, "-c", REUSE_PROBE, mode], check=True,
+                             capture_output=True, text=True).stdout.split()
+        return out[0] == "True", int(out[1])
+
+    applied, faults = probe("reuse")
+    _, default_faults = probe("default")
+    assert applied
+    assert faults < 1000 < default_faults  # 256 MiB is 65536 pages of 4 KiB
