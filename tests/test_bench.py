@@ -2,6 +2,7 @@
 switch, the two phases it times, XLA's FLOP count, timm's arguments. No timing is asserted."""
 
 import platform
+import re
 import subprocess
 import sys
 
@@ -117,3 +118,20 @@ def test_reused_host_memory_is_not_faulted_in_again():
     _, default_faults = probe("default")
     assert applied
     assert faults < 1000 < default_faults  # 256 MiB is 65536 pages of 4 KiB
+
+
+def test_the_command_line_reports_one_compilation_and_both_phases(tmp_path):
+    """`python -m prs_jax.bench` end to end on the digits config (local data, a tiny model)."""
+    command = [sys.executable, "-m", "prs_jax.bench", "--config", "configs/digits.py",
+               "--repeats", "1", "--steps", "1", "--input_batches", "2", "--matmul_size", "128"]
+    report = subprocess.run(command, check=True, capture_output=True, text=True,
+                            cwd=bench.pathlib.Path(bench.__file__).parents[1]).stdout
+    assert "freed host memory reused: True" in report or platform.libc_ver()[0] != "glibc"
+    compilations = [line for line in report.splitlines() if "compilations of the train" in line]
+    assert len(compilations) == 1 and compilations[0].endswith(": 1")
+    flops = re.search(r"train step ([0-9.]+) GFLOP, eval ([0-9.]+) GFLOP", report)
+    assert float(flops[1]) > float(flops[2]) > 0  # forward and backward > forward
+    for line in ("ours, attention phase", "ours, conv phase", "baseline (straightforward Flax)",
+                 "conv phase / self-attention phase step time:", "input pipeline alone:",
+                 "digits (local)"):
+        assert line in report
