@@ -15,7 +15,9 @@ prints:
     XLA's planned argument + temporary + output bytes of the step everywhere), and the host
     page faults of each contender's round (fresh memory the kernel zero-fills: on CPU they
     decide the step time unless freed memory is reused, see prs_jax/host_allocator.py;
-    --noreuse_host_memory shows the difference);
+    --noreuse_host_memory shows the difference; on a CPU host the step runs data-parallel on
+    one device per core, as in training, see prs_jax/cpu_devices.py: PRS_JAX_CPU_DEVICES=1
+    shows the difference);
   - with --baseline (default on), the straightforward Flax model (`models/reference.py`, same
     parameters) in the same rounds; with --vs-timm, when torch and timm import, timm's model of
     the same configuration trained with the same recipe, and the ratios.
@@ -75,7 +77,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
 
-from prs_jax import data, models, schedule, train
+from prs_jax import cpu_devices, data, models, schedule, train
 from prs_jax.data import sources
 from prs_jax.models.reference import reference_of
 
@@ -300,23 +302,27 @@ def run_across_switches(setup: StepSetup) -> list[int]:
 
 
 def cost_and_memory(setup: StepSetup) -> tuple[float, Any]:
-    """(FLOPs of one train step from XLA's cost analysis, XLA's memory analysis or None)."""
+    """(FLOPs of one train step over all devices from XLA's cost analysis, XLA's memory
+    analysis of one device's program or None)."""
     compiled = setup.step_fn.lower(setup.state, setup.batch).compile()  # a cache hit, no compile
-    cost = compiled.cost_analysis()
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0]
     try:
         memory = compiled.memory_analysis()
     except Exception:  # pylint: disable=broad-except  # not every backend reports it
         memory = None
-    return float(cost.get("flops", float("nan"))), memory
+    return all_devices_flops(setup, compiled.cost_analysis()), memory
 
 
 def eval_flops(setup: StepSetup) -> float:
-    cost = setup.eval_fn.lower(setup.state, setup.eval_batch).cost_analysis()
+    compiled = setup.eval_fn.lower(setup.state, setup.eval_batch).compile()  # a cache hit
+    return all_devices_flops(setup, compiled.cost_analysis())
+
+
+def all_devices_flops(setup: StepSetup, cost: Any) -> float:
+    """XLA analyses the per-device SPMD program: each device runs it on its slice of the batch
+    (and repeats the small replicated optimizer update), so the step's FLOPs are D times it."""
     if isinstance(cost, (list, tuple)):
         cost = cost[0]
-    return float(cost.get("flops", float("nan")))
+    return float(cost.get("flops", float("nan"))) * setup.replicated.mesh.devices.size
 
 
 # --------------------------------------------------------------------------------------------
@@ -324,10 +330,20 @@ def eval_flops(setup: StepSetup) -> float:
 
 
 def matmul_runner(size: int, dtype: Any) -> tuple[Callable[[], float], float]:
-    """(callable returning seconds per n x n x n matmul, FLOPs per matmul)."""
+    """(callable returning seconds per round of n x n x n matmuls, FLOPs per round).
+
+    One matmul per device, sharded like the train step's batch, so the yardstick uses the
+    machine as the step does (on a CPU host with one device per core, every core).
+    """
+    mesh = train.create_mesh()
+    count = mesh.devices.size
+    sharding = NamedSharding(mesh, P("data"))
     keys = jax.random.split(jax.random.key(0), 2)
-    a, b = (jax.random.normal(key, (size, size), dtype) for key in keys)
-    matmul = jax.jit(jnp.matmul)
+    a, b = (
+        jax.device_put(jax.random.normal(key, (count, size, size), dtype), sharding)
+        for key in keys
+    )
+    matmul = jax.jit(jnp.matmul, out_shardings=sharding)
     jax.block_until_ready(matmul(a, b))
 
     def run(repeats: int = 3) -> float:
@@ -338,7 +354,7 @@ def matmul_runner(size: int, dtype: Any) -> tuple[Callable[[], float], float]:
             best = min(best, time.perf_counter() - start)
         return best
 
-    return run, 2.0 * size**3
+    return run, 2.0 * count * size**3
 
 
 def input_pipeline_rate(config: ml_collections.ConfigDict, num_batches: int) -> tuple[float, str]:
@@ -553,13 +569,17 @@ def describe(config: ml_collections.ConfigDict, model: Any, num_params: int) -> 
 def main(argv: list[str]) -> None:
     del argv
     config = FLAGS.config
+    # Before JAX's backend starts: one device per core on a CPU host, as prs_jax.main does.
+    per_core = cpu_devices.configure([config.batch_size, config.eval_batch_size])
     num_classes = sources.dataset_spec(config.data).num_classes
     model = train.create_model(config, num_classes)
     is_vit = isinstance(model, models.VisionTransformer)
     devices = jax.devices()
     print(f"prs_jax benchmark on {len(devices)} x {devices[0].device_kind}"
           f" ({jax.default_backend()}), jax {jax.__version__}, {os.cpu_count()} host cores,"
-          f" load average {_load()} at start; freed host memory reused: {_HOST_MEMORY_REUSED}")
+          f" load average {_load()} at start; freed host memory reused: {_HOST_MEMORY_REUSED};"
+          f" {'one CPU device per core' if per_core else 'JAX default devices'}"
+          f" ({cpu_devices.ENV_SWITCH}=N sets the count)")
 
     # Compile once, and count compilations over a run that visits every layer switch.
     train_examples = num_train_examples(config, FLAGS.num_train_examples)
@@ -616,7 +636,8 @@ def main(argv: list[str]) -> None:
           f" eval {eval_flops(setup) / config.eval_batch_size / 1e9:.3f} GFLOP")
     matmul_rate = matmul_flops / timings["matmul"].median_seconds()
     rates = matmul_flops / np.asarray(timings["matmul"].seconds) / 1e9
-    print(f"matmul rate ({size}^3 {config.model.dtype}, best of 3 per round):"
+    print(f"matmul rate ({size}^3 {config.model.dtype} on each of {len(devices)} devices,"
+          " best of 3 per round):"
           f" {matmul_rate / 1e9:.1f} GFLOP/s  [min {rates.min():.1f}, max {rates.max():.1f}]")
     print(f"\ntimed over {FLAGS.repeats} rounds x {FLAGS.steps} steps, median [min, max];"
           " host page faults per round:")
@@ -657,7 +678,7 @@ def main(argv: list[str]) -> None:
     if memory is not None:
         planned = (memory.argument_size_in_bytes + memory.temp_size_in_bytes
                    + memory.output_size_in_bytes - memory.alias_size_in_bytes)
-        print(f"train step, XLA's plan: {gib(planned)} (arguments"
+        print(f"train step, XLA's plan per device: {gib(planned)} (arguments"
               f" {gib(memory.argument_size_in_bytes)},"
               f" temporaries {gib(memory.temp_size_in_bytes)})")
 

@@ -24,6 +24,8 @@ if __name__ == "__main__":
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from prs_jax import cpu_devices
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/*.py), optionally with ':arg'.", lock_config=True
@@ -78,6 +80,9 @@ def main(argv: list[str]) -> None:
     distributed = wants_distributed()
     if distributed:
         initialize_distributed()
+    else:
+        # On a CPU host: one JAX device per core, data-parallel (prs_jax.cpu_devices).
+        cpu_devices.configure([FLAGS.config.batch_size, FLAGS.config.eval_batch_size])
 
     import jax
     from jax.experimental import multihost_utils

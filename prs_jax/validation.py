@@ -62,7 +62,8 @@ def validate_config(config: ml_collections.ConfigDict, *, device_count: int) -> 
     for name in ("batch_size", "eval_batch_size"):
         value = config[name]
         _check(isinstance(value, int) and value > 0 and value % device_count == 0, name, value,
-               f"a positive multiple of the number of devices ({device_count})")
+               f"a positive multiple of the number of devices ({device_count}; on a CPU host"
+               " PRS_JAX_CPU_DEVICES=N sets that number)")
     train_fraction = config.data.get("train_fraction", 1.0)
     _check(0.0 < train_fraction <= 1.0, "data.train_fraction", train_fraction, "in (0, 1]")
 

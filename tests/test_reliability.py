@@ -199,7 +199,7 @@ BAD_CONFIGS = [
     (dict(schedule__first_layer_switch_epoch=-1.0), r"schedule.first_layer_switch_epoch=-1.0.*\[0, num_epochs=300.0\]"),
     (dict(schedule__last_layer_switch_epoch=400.0), r"schedule.last_layer_switch_epoch=400.0"),
     (dict(schedule__ramp_epochs=-2.0), r"schedule.ramp_epochs=-2.0.*>= 0"),
-    (dict(batch_size=127), r"batch_size=127.*multiple of the number of devices \(2\)"),
+    (dict(batch_size=127), r"batch_size=127.*multiple of the number of devices \(2; on a CPU host PRS_JAX_CPU_DEVICES"),
     (dict(eval_batch_size=0), r"eval_batch_size=0"),
     (dict(data__train_fraction=0.0), r"data.train_fraction=0.0.*\(0, 1\]"),
     (dict(data__train_fraction=1.5), r"data.train_fraction=1.5"),
