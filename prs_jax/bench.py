@@ -92,6 +92,11 @@ flags.DEFINE_integer(
     "matmul_size", 0, "n of the n^3 matmul whose rate is the yardstick (0: 2048 on CPU, else 8192)."
 )
 flags.DEFINE_integer("input_batches", 16, "Batches timed for the input pipeline (0 skips it).")
+flags.DEFINE_float(
+    "peak_tflops", 0.0,
+    "The devices' datasheet peak TFLOP/s for the compute dtype, all devices together (e.g. 989"
+    " for one H100 SXM in bfloat16, dense); when given, model FLOP utilisation is printed too.",
+)
 flags.DEFINE_bool(
     "reuse_host_memory", True, "Keep freed host memory for reuse (prs_jax.host_allocator)."
 )
@@ -649,6 +654,8 @@ def main(argv: list[str]) -> None:
             achieved = flops / timing.median_seconds()
             extra = (f"  {achieved / 1e9:.1f} GFLOP/s = {achieved / matmul_rate:.0%} of the"
                      " matmul rate")
+            if FLAGS.peak_tflops:
+                extra += f", MFU {achieved / (FLAGS.peak_tflops * 1e12):.1%} of the stated peak"
         print(f"  {name:32s}{timing.line()}  faults {int(np.median(faults[name]))}{extra}")
     attention, conv = timings.get("ours, attention phase"), timings.get("ours, conv phase")
     if attention and conv:
