@@ -471,6 +471,7 @@ def timm_runner(
     _stub_torchvision()
     import timm  # pylint: disable=import-outside-toplevel
     from timm.data import Mixup  # pylint: disable=import-outside-toplevel
+    from timm.data.mixup import mixup_target  # pylint: disable=import-outside-toplevel
     from timm.loss import SoftTargetCrossEntropy  # pylint: disable=import-outside-toplevel
     from timm.optim import create_optimizer_v2  # pylint: disable=import-outside-toplevel
 
@@ -487,23 +488,40 @@ def timm_runner(
         eps=opt.eps,
     )
     augment = config.augment
-    mixup = Mixup(
-        mixup_alpha=augment.mixup_alpha,
-        cutmix_alpha=augment.cutmix_alpha,
-        prob=augment.mix_prob,
-        switch_prob=augment.switch_prob,
-        label_smoothing=augment.label_smoothing,
-        num_classes=num_classes,
-    )
+    if augment.mix_prob > 0 and (augment.mixup_alpha > 0 or augment.cutmix_alpha > 0):
+        mixup = Mixup(
+            mixup_alpha=augment.mixup_alpha,
+            cutmix_alpha=augment.cutmix_alpha,
+            prob=augment.mix_prob,
+            switch_prob=augment.switch_prob,
+            label_smoothing=augment.label_smoothing,
+            num_classes=num_classes,
+        )
+    else:  # timm's Mixup refuses to be built with nothing to mix: smoothed labels only.
+        def mixup(images, labels):
+            return images, mixup_target(labels, num_classes, smoothing=augment.label_smoothing)
     criterion = SoftTargetCrossEntropy()
+    # Same hardware as ours: CUDA when JAX runs on a GPU, with bfloat16 autocast where our
+    # compute dtype is bfloat16 (parameters stay float32 in both).
+    device = torch.device(
+        "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+    )
+    model.to(device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16,
+                              enabled=config.model.dtype == "bfloat16")
     size = config.data.image_size
     generator = torch.Generator().manual_seed(0)
-    images = torch.randn(config.batch_size, 3, size, size, generator=generator)
-    labels = torch.randint(0, num_classes, (config.batch_size,), generator=generator)
+    images = torch.randn(config.batch_size, 3, size, size, generator=generator).to(device)
+    labels = torch.randint(0, num_classes, (config.batch_size,), generator=generator).to(device)
+
+    def synchronize() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
 
     def step() -> None:
         mixed, targets = mixup(images.clone(), labels)
-        loss = criterion(model(mixed), targets)
+        with autocast:
+            loss = criterion(model(mixed), targets)
         tx.zero_grad(set_to_none=True)
         loss.backward()
         if opt.grad_clip_norm:
@@ -512,16 +530,21 @@ def timm_runner(
 
     for _ in range(2):
         step()
+    synchronize()
 
     def run() -> float:
         start = time.perf_counter()
         for _ in range(num_steps):
             step()
+        synchronize()
         return (time.perf_counter() - start) / num_steps
 
+    where = (f"on {torch.cuda.get_device_name(device)}" if device.type == "cuda"
+             else f"{torch.get_num_threads()} threads")
     description = (
         f"timm {timm.__version__} {name}({', '.join(f'{k}={v}' for k, v in kwargs.items())}),"
-        f" torch {torch.__version__}, {torch.get_num_threads()} threads"
+        f" torch {torch.__version__}, {where}"
+        f"{', bfloat16 autocast' if config.model.dtype == 'bfloat16' else ''}"
     )
     return run, description
 
