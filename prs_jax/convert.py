@@ -575,7 +575,7 @@ def restore_variables(workdir: str, step: int | None = None) -> tuple[Variables,
 
     config = checkpointing.restore_config(workdir, step)
     with ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), checkpointing.CHECKPOINT_DIR),
+        checkpointing.checkpoint_dir(workdir),
         item_names=("state", "data", "config"),
         options=ocp.CheckpointManagerOptions(read_only=True),
     ) as manager:

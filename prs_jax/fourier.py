@@ -41,6 +41,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
 from prs_jax import checkpointing, data, models, schedule
 
@@ -219,7 +220,8 @@ class FourierResult:
     def depth(self) -> np.ndarray:
         return normalised_depth(len(self.kinds))
 
-    def save_npz(self, path: str) -> None:
+    def save_npz(self, path: Any) -> None:
+        """To a local path or an open binary file (write_outputs opens gs:// ones)."""
         np.savez(
             path,
             spectra=self.spectra,
@@ -237,7 +239,7 @@ class FourierResult:
 
     @classmethod
     def load_npz(cls, path: str) -> FourierResult:
-        with np.load(path, allow_pickle=False) as f:
+        with epath.Path(path).open("rb") as file, np.load(file, allow_pickle=False) as f:
             return cls(
                 spectra=f["spectra"],
                 frequencies=f["frequencies"],
@@ -299,7 +301,7 @@ def restore_variables(
     }
     item = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), item)
     with ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), checkpointing.CHECKPOINT_DIR),
+        checkpointing.checkpoint_dir(workdir),
         item_names=("state",),
         item_handlers={"state": ocp.PyTreeCheckpointHandler()},
         options=ocp.CheckpointManagerOptions(read_only=True),
@@ -322,10 +324,10 @@ def restore_variables(
 
 def checkpoint_steps(workdir: str) -> list[int]:
     """The steps of the run's readable checkpoints (folders named by a number), ascending."""
-    directory = os.path.join(workdir, checkpointing.CHECKPOINT_DIR)
-    if not os.path.isdir(directory):
+    directory = checkpointing.checkpoint_dir(workdir)  # local or gs://
+    if not directory.is_dir():
         return []
-    return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+    return sorted(int(path.name) for path in directory.iterdir() if path.name.isdigit())
 
 
 def analyse_run(
@@ -442,7 +444,7 @@ def plot_spectra(result: FourierResult, path: str | None = None) -> Any:
         axes.plot([], [], "k-", label="other blocks")
         axes.legend(fontsize=8, loc="lower left")
     if path:
-        figure.savefig(path, dpi=120)
+        save_figure(figure, path)
     return figure
 
 
@@ -488,7 +490,7 @@ def plot_high_frequency(results: Sequence[FourierResult], path: str | None = Non
         axes.set_title(note.strip(), fontsize=9)
         axes.legend(fontsize=7)
     if path:
-        figure.savefig(path, dpi=120)
+        save_figure(figure, path)
     return figure
 
 
@@ -501,10 +503,17 @@ def _title(result: FourierResult) -> str:
 # Command line.
 
 
+def save_figure(figure: Any, path: str) -> None:
+    """PNG (or the suffix's format) at a local or gs:// path."""
+    with epath.Path(path).open("wb") as file:
+        figure.savefig(file, format=epath.Path(path).suffix.lstrip(".") or "png", dpi=120)
+
+
 def write_outputs(result: FourierResult, output_dir: str) -> None:
-    """fourier.npz, spectra.png and high_frequency.png in `output_dir`."""
-    os.makedirs(output_dir, exist_ok=True)
-    result.save_npz(os.path.join(output_dir, NPZ_FILENAME))
+    """fourier.npz, spectra.png and high_frequency.png in `output_dir` (local or gs://)."""
+    epath.Path(output_dir).mkdir(parents=True, exist_ok=True)
+    with (epath.Path(output_dir) / NPZ_FILENAME).open("wb") as file:
+        result.save_npz(file)
     plot_spectra(result, os.path.join(output_dir, SPECTRA_PNG))
     plot_high_frequency([result], os.path.join(output_dir, HIGH_FREQUENCY_PNG))
 
@@ -565,7 +574,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         FourierResult.load_npz(run) if run.endswith(".npz") else analyse(run)
         for run in args.compare
     ]
-    os.makedirs(args.output_dir, exist_ok=True)
+    epath.Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     path = os.path.join(args.output_dir, COMPARE_PNG)
     plot_high_frequency(results, path)
     print(f"compared {len(results)} runs: {path}")
