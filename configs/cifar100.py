@@ -25,9 +25,6 @@ import ml_collections
 
 from prs_jax import config_lib
 
-VIT_VARIANTS = ("prs", "reversed", "uniform", "convit", "conv")
-
-
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     arg = config_lib.parse_arg(
         arg, variant="prs", runlocal=False, model="convit_tiny", epochs=300.0, switch=-1.0
@@ -40,21 +37,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.randaugment_magnitude_std = 0.5
     config.data.randaugment_increasing = True
 
-    if arg.variant in VIT_VARIANTS:
-        config.model.name = arg.model
-        config_lib.set_schedule(config, arg.variant)
-        if arg.variant == "uniform" and arg.switch >= 0:
-            config.schedule.first_layer_switch_epoch = arg.switch
-            config.schedule.last_layer_switch_epoch = arg.switch
-    elif arg.variant == "deit":
-        config.model.name = "deit_tiny" if arg.model == "convit_tiny" else arg.model
-    elif arg.variant == "resnet18":
-        config.model = ml_collections.ConfigDict({"name": "resnet18", "stem": "cifar"})
-    else:
-        raise ValueError(
-            f"unknown variant {arg.variant!r}; choose one of "
-            f"{', '.join(VIT_VARIANTS + ('deit', 'resnet18'))}"
-        )
+    config_lib.select_variant(
+        config, arg.variant, vit=arg.model, switch=arg.switch,
+        resnets={"resnet18": {"stem": "cifar"}},
+    )
 
     if arg.runlocal:
         # Minutes on a laptop CPU: a 4-block ViT, 2 epochs, small batches, frequent logs.
@@ -67,6 +53,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.log_every_steps = 10
         config.eval_every_epochs = 1.0
         config.checkpoint_every_steps = 200
-        if arg.variant in VIT_VARIANTS:
+        if arg.variant in config_lib.SCHEDULE_VARIANTS:
             config_lib.set_schedule(config, arg.variant)
     return config

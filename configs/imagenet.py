@@ -38,7 +38,6 @@ import ml_collections
 
 from prs_jax import config_lib
 
-VIT_VARIANTS = ("prs", "reversed", "uniform", "convit", "conv")
 RESNETS = ("resnet18", "resnet50")
 
 
@@ -69,23 +68,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.model.patch_size = 16
     config.model.dtype = "bfloat16"
-    if arg.variant in VIT_VARIANTS:
-        config.model.name = arg.model
-        config_lib.set_schedule(config, arg.variant)
-        if arg.variant == "uniform" and arg.switch >= 0:
-            config.schedule.first_layer_switch_epoch = arg.switch
-            config.schedule.last_layer_switch_epoch = arg.switch
-    elif arg.variant == "deit":
-        config.model.name = "deit_tiny" if arg.model == "convit_tiny" else arg.model
-    elif arg.variant in RESNETS:
-        config.model = ml_collections.ConfigDict(
-            {"name": arg.variant, "stem": "imagenet", "dtype": "bfloat16"}
-        )
-    else:
-        raise ValueError(
-            f"unknown variant {arg.variant!r}; choose one of "
-            f"{', '.join(VIT_VARIANTS + ('deit',) + RESNETS)}"
-        )
+    config_lib.select_variant(
+        config, arg.variant, vit=arg.model, switch=arg.switch,
+        resnets={name: {"stem": "imagenet", "dtype": "bfloat16"} for name in RESNETS},
+    )
 
     config.batch_size = 1024
     config.eval_batch_size = 1024  # any power-of-two device count; the last batch is padded
@@ -105,8 +91,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.data.num_workers = 0
         config.data.train_fraction = min(arg.train_fraction, 0.01)
         if config.model.name not in RESNETS:
+            is_gpsa = arg.variant in config_lib.SCHEDULE_VARIANTS
             config.model.update(patch_size=8, hidden_size=64, num_heads=4, depth=4,
-                                num_gpsa_layers=2 if arg.variant in VIT_VARIANTS else 0)
+                                num_gpsa_layers=2 if is_gpsa else 0)
         config.model.dtype = "float32"
         config.num_epochs = 1.0
         config.optimizer.warmup_epochs = 0.1
@@ -116,7 +103,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.log_every_steps = 10
         config.eval_every_epochs = 1.0
         config.checkpoint_every_steps = 200
-        if arg.variant in VIT_VARIANTS:
+        if arg.variant in config_lib.SCHEDULE_VARIANTS:
             config_lib.set_schedule(config, arg.variant)
             if arg.variant == "uniform" and arg.switch >= 0:
                 config.schedule.first_layer_switch_epoch = min(arg.switch, config.num_epochs)

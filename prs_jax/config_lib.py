@@ -6,6 +6,7 @@ comma-separated list of words (`prs,runlocal`) and `key=value` pairs (`epochs=10
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
@@ -59,6 +60,37 @@ def set_schedule(config: ml_collections.ConfigDict, variant: str) -> None:
     first, last = SCHEDULE_VARIANTS[variant]
     config.schedule.first_layer_switch_epoch = first * config.num_epochs
     config.schedule.last_layer_switch_epoch = last * config.num_epochs
+
+
+def select_variant(
+    config: ml_collections.ConfigDict,
+    variant: str,
+    *,
+    vit: str = "convit_tiny",
+    switch: float = -1.0,
+    resnets: Mapping[str, Mapping[str, Any]] | None = None,
+) -> None:
+    """Sets config.model (and config.schedule) for a config file's `:variant` word.
+
+    A schedule variant (SCHEDULE_VARIANTS) trains the ConViT-family model `vit`; `switch` >= 0
+    moves uniform's switch epoch. 'deit' is the DeiT of the same size (deit_tiny for
+    convit_tiny). A name in `resnets` selects that ResNet with the given fields (stem, dtype).
+    config.num_epochs must be final: the schedule is set in epochs.
+    """
+    resnets = dict(resnets or {})
+    if variant in SCHEDULE_VARIANTS:
+        config.model.name = vit
+        set_schedule(config, variant)
+        if variant == "uniform" and switch >= 0:
+            config.schedule.first_layer_switch_epoch = switch
+            config.schedule.last_layer_switch_epoch = switch
+    elif variant == "deit":
+        config.model.name = "deit_tiny" if vit == "convit_tiny" else vit
+    elif variant in resnets:
+        config.model = ml_collections.ConfigDict({"name": variant, **resnets[variant]})
+    else:
+        choices = [*SCHEDULE_VARIANTS, "deit", *resnets]
+        raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(choices)}")
 
 
 def base_config() -> ml_collections.ConfigDict:

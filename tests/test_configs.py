@@ -76,3 +76,18 @@ def test_digits_default_config_is_a_prs_vit_on_digits():
     # PRS: the shallowest GPSA layer switches last.
     assert config.schedule.first_layer_switch_epoch > config.schedule.last_layer_switch_epoch
     assert config.data.image_size % config.model.patch_size == 0
+
+
+def test_select_variant_sets_model_and_schedule_and_names_every_choice():
+    config = config_lib.base_config()
+    config.num_epochs = 90.0
+    config_lib.select_variant(config, "uniform", vit="convit_small", switch=30.0)
+    assert config.model.name == "convit_small"
+    assert config.schedule.first_layer_switch_epoch == config.schedule.last_layer_switch_epoch == 30
+    config_lib.select_variant(config, "deit")
+    assert config.model.name == "deit_tiny"
+    config_lib.select_variant(config, "resnet50", resnets={"resnet50": {"stem": "imagenet"}})
+    assert config.model.to_dict() == {"name": "resnet50", "stem": "imagenet"}
+    with pytest.raises(ValueError, match="choose one of prs, reversed, uniform, convit, conv, "
+                                         "deit, resnet18$"):
+        config_lib.select_variant(config, "vit", resnets={"resnet18": {}})
