@@ -12,7 +12,7 @@ import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
 
-from prs_jax import train, validation
+from prs_jax import cpu_devices, train, validation
 from tests.test_configs import load
 from tests.test_train_e2e import NUM_MOCK, TOTAL_STEPS, tiny_run_config
 
@@ -60,7 +60,16 @@ def uninterrupted_digits(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("uninterrupted")
     result = run_main(workdir)
     assert result.returncode == 0, result.stderr[-3000:]
+    (workdir / "stderr.txt").write_text(result.stderr)
     return workdir
+
+
+def test_main_trains_on_one_cpu_device_per_core(uninterrupted_digits):
+    """prs_jax.main on a CPU host with no device count of its own: one device per usable core
+    (at most as many as split the digits batches of 64 and 128 evenly)."""
+    expected = cpu_devices.device_count_for([64, 128], cpu_devices.usable_cores())
+    devices = ", ".join(f"CpuDevice(id={i})" for i in range(expected))
+    assert f"devices [{devices}]" in (uninterrupted_digits / "stderr.txt").read_text()
 
 
 @pytest.mark.parametrize("how", [["--at_step=37"], ["--during_save=30"]], ids=["mid-step", "mid-save"])
