@@ -104,8 +104,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.eval_every_epochs = 1.0
         config.checkpoint_every_steps = 200
         if arg.variant in config_lib.SCHEDULE_VARIANTS:
-            config_lib.set_schedule(config, arg.variant)
-            if arg.variant == "uniform" and arg.switch >= 0:
-                config.schedule.first_layer_switch_epoch = min(arg.switch, config.num_epochs)
-                config.schedule.last_layer_switch_epoch = min(arg.switch, config.num_epochs)
+            config_lib.set_schedule(config, arg.variant, min(arg.switch, config.num_epochs))
     return config

@@ -53,13 +53,18 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
     return parsed
 
 
-def set_schedule(config: ml_collections.ConfigDict, variant: str) -> None:
-    """Fill `config.schedule` for a named schedule variant, in epochs of `config.num_epochs`."""
+def set_schedule(config: ml_collections.ConfigDict, variant: str, switch: float = -1.0) -> None:
+    """Fill `config.schedule` for a named schedule variant, in epochs of `config.num_epochs`.
+
+    `switch` >= 0 moves the uniform variant's switch epoch.
+    """
     if variant not in SCHEDULE_VARIANTS:
         raise ValueError(f"unknown schedule {variant!r}; choose one of {sorted(SCHEDULE_VARIANTS)}")
-    first, last = SCHEDULE_VARIANTS[variant]
-    config.schedule.first_layer_switch_epoch = first * config.num_epochs
-    config.schedule.last_layer_switch_epoch = last * config.num_epochs
+    first, last = (config.num_epochs * f for f in SCHEDULE_VARIANTS[variant])
+    if variant == "uniform" and switch >= 0:
+        first = last = switch
+    config.schedule.first_layer_switch_epoch = first
+    config.schedule.last_layer_switch_epoch = last
 
 
 def select_variant(
@@ -80,10 +85,7 @@ def select_variant(
     resnets = dict(resnets or {})
     if variant in SCHEDULE_VARIANTS:
         config.model.name = vit
-        set_schedule(config, variant)
-        if variant == "uniform" and switch >= 0:
-            config.schedule.first_layer_switch_epoch = switch
-            config.schedule.last_layer_switch_epoch = switch
+        set_schedule(config, variant, switch)
     elif variant == "deit":
         config.model.name = "deit_tiny" if vit == "convit_tiny" else vit
     elif variant in resnets:
