@@ -54,5 +54,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.eval_every_epochs = 1.0
         config.checkpoint_every_steps = 200
         if arg.variant in config_lib.SCHEDULE_VARIANTS:
-            config_lib.set_schedule(config, arg.variant)
+            config_lib.set_schedule(config, arg.variant, min(arg.switch, config.num_epochs))
     return config
