@@ -95,5 +95,5 @@ def test_select_variant_sets_model_and_schedule_and_names_every_choice():
 
 @pytest.mark.parametrize("name", ["cifar100", "imagenet"])
 def test_runlocal_keeps_a_uniform_switch_epoch_within_its_short_run(name):
-    config = load(name).get_config("uniform,switch=0.5,runlocal")
+    config = load(name)("uniform,switch=0.5,runlocal")
     assert config.schedule.first_layer_switch_epoch == config.schedule.last_layer_switch_epoch == 0.5
