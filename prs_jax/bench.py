@@ -20,7 +20,9 @@ prints:
     shows the difference);
   - with --baseline (default on), the straightforward Flax model (`models/reference.py`, same
     parameters) in the same rounds; with --vs-timm, when torch and timm import, timm's model of
-    the same configuration trained with the same recipe, and the ratios.
+    the same configuration trained with the same recipe, and the ratios;
+  - with --profile, each phase's device time split into matmuls (with their own FLOP rate),
+    collectives and the rest, and the largest of the rest by module (prs_jax/op_profile.py).
 
 Everything timed is alternated round by round in one process, so that a busy machine slows
 every contender alike; the same step also serves both phases (the step counter is set to a
@@ -37,6 +39,7 @@ without torchvision those imports get inert placeholders (`_stub_torchvision`), 
 Examples:
   python -m prs_jax.bench                                   # ConViT-Ti, CIFAR-100, batch 128
   python -m prs_jax.bench --vs-timm --repeats 7
+  python -m prs_jax.bench --profile --nobaseline            # where the step's time goes
   python -m prs_jax.bench --config configs/cifar100.py:prs,model=convit_small \
       --config.model.dtype=bfloat16 --config.data.image_size=224 --config.model.patch_size=16
 """
@@ -63,6 +66,7 @@ import importlib.util
 import pathlib
 import platform
 import resource
+import tempfile
 import time
 import types
 from collections.abc import Callable, Iterator
@@ -77,7 +81,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
 
-from prs_jax import cpu_devices, data, models, schedule, train
+from prs_jax import cpu_devices, data, models, op_profile, schedule, train
 from prs_jax.data import sources
 from prs_jax.models.reference import reference_of
 
@@ -102,6 +106,14 @@ flags.DEFINE_bool(
 )
 flags.DEFINE_integer(
     "num_train_examples", 0, "Train-set size for the schedules (0: the config dataset's size)."
+)
+flags.DEFINE_bool(
+    "profile", False,
+    "Also trace --steps train steps of each phase and print where the device time goes"
+    " (prs_jax/op_profile.py).",
+)
+flags.DEFINE_string(
+    "profile_dir", "", "Keep the --profile traces here (for XProf/TensorBoard); default: a temp dir."
 )
 
 # Sizes of datasets the benchmark need not open (opening CIFAR-100 would download it).
@@ -328,6 +340,29 @@ def all_devices_flops(setup: StepSetup, cost: Any) -> float:
     if isinstance(cost, (list, tuple)):
         cost = cost[0]
     return float(cost.get("flops", float("nan"))) * setup.replicated.mesh.devices.size
+
+
+def profile_phase(setup: StepSetup, step: int, num_steps: int, yardstick: dict[str, Any]) -> str:
+    """Trace `num_steps` train steps from `step` and summarise where the device time went."""
+    hlo_text = setup.step_fn.lower(setup.state, setup.batch).compile().as_text()  # a cache hit
+    run = train_runner(setup, step, num_steps)
+    run()  # warm, so that the trace holds only steady-state steps
+    with contextlib.ExitStack() as stack:
+        trace_dir = FLAGS.profile_dir or stack.enter_context(tempfile.TemporaryDirectory())
+        trace_dir = os.path.join(trace_dir, f"step_{step}")
+        with jax.profiler.trace(trace_dir):
+            run()
+        traces = sorted(pathlib.Path(trace_dir).rglob("*.xplane.pb"))
+        if not traces:
+            return f"  no trace was written under {trace_dir}"
+        profile = jax.profiler.ProfileData.from_file(str(traces[-1]))
+        breakdown = op_profile.attribute(
+            op_profile.operation_events(profile),
+            op_profile.parse_hlo(hlo_text),
+            num_steps=num_steps,
+            num_devices=yardstick["devices"],
+        )
+    return op_profile.report(breakdown, yardstick["rate"] / yardstick["devices"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -663,6 +698,7 @@ def main(argv: list[str]) -> None:
     print(f"model FLOPs per image (XLA cost analysis): train step {flops / per_image:.3f} GFLOP,"
           f" eval {eval_flops(setup) / config.eval_batch_size / 1e9:.3f} GFLOP")
     matmul_rate = matmul_flops / timings["matmul"].median_seconds()
+    yardstick = {"rate": matmul_rate, "devices": len(devices)}
     rates = matmul_flops / np.asarray(timings["matmul"].seconds) / 1e9
     print(f"matmul rate ({size}^3 {config.model.dtype} on each of {len(devices)} devices,"
           " best of 3 per round):"
@@ -701,6 +737,11 @@ def main(argv: list[str]) -> None:
                   f" {config.data.num_workers} workers)")
         except Exception as error:  # pylint: disable=broad-except  # report it, keep the rest
             print(f"\ninput pipeline alone: failed: {type(error).__name__}: {error}")
+    if FLAGS.profile:
+        for phase, step in phases.items():
+            if step is not None:
+                print(f"\nprofile, {phase} phase ({FLAGS.steps} traced steps):")
+                print(profile_phase(setup, step, FLAGS.steps, yardstick))
     print(f"\npeak host memory (RSS): {gib(peak_host_memory_bytes())}")
     device_peak = device_peak_bytes()
     if device_peak is not None:

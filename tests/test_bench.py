@@ -123,7 +123,8 @@ def test_reused_host_memory_is_not_faulted_in_again():
 def test_the_command_line_reports_one_compilation_and_both_phases(tmp_path):
     """`python -m prs_jax.bench` end to end on the digits config (local data, a tiny model)."""
     command = [sys.executable, "-m", "prs_jax.bench", "--config", "configs/digits.py",
-               "--repeats", "1", "--steps", "1", "--input_batches", "2", "--matmul_size", "128"]
+               "--repeats", "1", "--steps", "1", "--input_batches", "2", "--matmul_size", "128",
+               "--profile", "--profile_dir", str(tmp_path)]
     report = subprocess.run(command, check=True, capture_output=True, text=True,
                             cwd=bench.pathlib.Path(bench.__file__).parents[1]).stdout
     assert "freed host memory reused: True" in report or platform.libc_ver()[0] != "glibc"
@@ -135,3 +136,10 @@ def test_the_command_line_reports_one_compilation_and_both_phases(tmp_path):
                  "conv phase / self-attention phase step time:", "input pipeline alone:",
                  "digits (local)"):
         assert line in report
+    # --profile: each phase's device time by kind, and its trace kept for XProf.
+    for phase in ("attention", "conv"):
+        section = report.split(f"profile, {phase} phase")[1]
+        shares = re.findall(r"^  (?:matmuls|other|collectives).* ms +(\d+)%", section, re.M)[:3]
+        assert len(shares) == 3 and abs(sum(map(int, shares)) - 100) <= 2, section
+        assert "GFLOP/s" in section.splitlines()[2]
+    assert len(list(tmp_path.rglob("*.xplane.pb"))) == 2
