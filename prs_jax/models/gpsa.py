@@ -216,8 +216,8 @@ def positional_attention(kernel: Array, bias: Array, grid_size: int) -> Array:
     """softmax(v_pos . r_ij + b) over keys, f32[H, N, N]; kernel f32[3, H], bias f32[H].
 
     The 3 -> H projection is written as three broadcast multiply-adds: as a dot, XLA:CPU runs
-    it (and its transpose) as tiny matmuls with a fixed cost each: 0.6% of a ConViT-Ti step
-    (32 px, profiled on a 2-core CPU).
+    it (and its transpose) as tiny matmuls with a fixed cost each, which `bench --profile`
+    put at 6 ms of a 1 s ConViT-Ti step (32 px, 2-core CPU).
     """
     offsets = jnp.asarray(relative_indices(grid_size).transpose(2, 0, 1))  # [3, N, N]
     logits = bias[:, None, None] + sum(
