@@ -46,7 +46,7 @@ WAIT_EVENTS = ("Rendezvous", "Wait:")
 ENCLOSING_EVENTS = ("end:", "conditional", "while", "call")
 OPERATION_LINES = ("XLAEigen", "XLAPjRtCpuClient", "XLA Ops")
 
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%(?P<name>[\w.\-]+)\s*=\s*(?P<rest>.*)$", re.M)
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%(?P<name>[\w.\-]+)\s*=\s*(?P<rest>.*)$", re.MULTILINE)
 _SHAPE = re.compile(r"^\(?\s*\w+\[(?P<dims>[\d,]*)\]")
 _OPCODE = re.compile(r"\s(?P<opcode>[a-z][\w\-]*)\(")
 _CALLS = re.compile(r"calls=%(?P<callee>[\w.\-]+)")

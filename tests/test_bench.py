@@ -139,7 +139,7 @@ def test_the_command_line_reports_one_compilation_and_both_phases(tmp_path):
     # --profile: each phase's device time by kind, and its trace kept for XProf.
     for phase in ("attention", "conv"):
         section = report.split(f"profile, {phase} phase")[1]
-        shares = re.findall(r"^  (?:matmuls|other|collectives).* ms +(\d+)%", section, re.M)[:3]
+        shares = re.findall(r"^  (?:matmuls|other|collectives).* ms +(\d+)%", section, re.MULTILINE)[:3]
         assert len(shares) == 3 and abs(sum(map(int, shares)) - 100) <= 2, section
         assert "GFLOP/s" in section.splitlines()[2]
     assert len(list(tmp_path.rglob("*.xplane.pb"))) == 2
