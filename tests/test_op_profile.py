@@ -101,7 +101,7 @@ def test_a_real_trace_attributes_the_matmul_flops_of_each_step(tmp_path):
     with jax.profiler.trace(str(tmp_path)):
         for _ in range(3):
             step(x, w).block_until_ready()
-    trace = sorted(pathlib.Path(tmp_path).rglob("*.xplane.pb"))[-1]
+    trace = max(pathlib.Path(tmp_path).rglob("*.xplane.pb"))
     profile = jax.profiler.ProfileData.from_file(str(trace))
     instructions = op_profile.parse_hlo(step.lower(x, w).compile().as_text())
     breakdown = op_profile.attribute(
