@@ -4,8 +4,9 @@
 trace back (`jax.profiler.ProfileData`). Each traced operation is matched by name to an
 instruction of the compiled HLO module, and sorted into
 
-  - matmuls: instructions (fusions included) that contain a dot, with their FLOPs, so that
-    their own FLOP rate can be compared with the matmul yardstick;
+  - matmuls: instructions (fusions included) that contain a dot, a convolution or a GEMM
+    custom-call (cuBLAS on GPUs), with their FLOPs, so that their own FLOP rate can be
+    compared with the matmul yardstick;
   - collectives: all-reduce and the like, plus the time devices spend waiting for each other
     at them (the CPU runtime's "Rendezvous" / "Wait" events);
   - other: elementwise fusions, reductions, copies and transposes (memory-bound on CPU).
@@ -54,6 +55,9 @@ _COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%(?P<name>[\w.\-]+)\s.*\{\s*$")
 _OPERAND = re.compile(r"(?:\w+\[[\d,]*\]\S*\s+)?%(?P<name>[\w.\-]+)")
 _CONTRACTING = re.compile(r"lhs_contracting_dims=\{(?P<dims>[\d,]*)\}")
 _OP_NAME = re.compile(r'op_name="(?P<op_name>[^"]*)"')
+_GEMM_TARGET = re.compile(r'custom_call_target="[^"]*(gemm|matmul)[^"]*"', re.IGNORECASE)
+_GEMM_CONTRACTING = re.compile(r'"lhs_contracting_dimensions":\[(?P<dims>[^\]]*)\]')
+_CONV_LABELS = re.compile(r"dim_labels=\w+_(?P<kernel>\w+)->\w+")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +65,7 @@ class Instruction:
     """What the profile needs of one HLO instruction."""
 
     kind: str  # "matmul", "collective" or "other"
-    flops: float  # of the dots it contains (0 for the rest)
+    flops: float  # of the dots and convolutions it contains (0 for the rest)
     op_name: str  # JAX's name stack from the metadata, "" if none
 
 
@@ -73,10 +77,11 @@ def _dims(text: str) -> list[int] | None:
 
 
 def parse_hlo(hlo_text: str) -> dict[str, Instruction]:
-    """Every instruction of an HLO module's text, by name, with its kind and dot FLOPs.
+    """Every instruction of an HLO module's text, by name, with its kind and matmul FLOPs.
 
-    A dot's FLOPs are 2 x (output elements) x (contracted elements of the left operand). A
-    fusion (or any instruction with calls=) has the dots of the computation it calls.
+    A dot's FLOPs are 2 x (output elements) x (contracted elements of the left operand); a
+    convolution's, 2 x (output elements) x (kernel weights per output feature). A fusion (or
+    any instruction with calls=) has those of the computation it calls.
     """
     shapes: dict[str, list[int]] = {}
     bodies: dict[str, list[str]] = collections.defaultdict(list)
@@ -97,25 +102,39 @@ def parse_hlo(hlo_text: str) -> dict[str, Instruction]:
         bodies[computation].append(name)
         lines[name] = rest
 
-    def own_dot_flops(rest: str) -> float:
+    def operand_dims(operands: str, index: int) -> list[int]:
+        names = _OPERAND.findall(operands)
+        return shapes.get(names[index], []) if len(names) > index else []
+
+    def own_flops(rest: str) -> float:
         opcode = _OPCODE.search(rest)
-        if opcode is None or opcode.group("opcode") != "dot":
-            return 0.0
         output = _dims(rest)
-        operands = rest[opcode.end() :]
-        lhs = _OPERAND.match(operands.strip())
-        contracting = _CONTRACTING.search(rest)
-        if output is None or lhs is None or contracting is None:
+        if opcode is None or output is None:
             return 0.0
-        lhs_dims = shapes.get(lhs.group("name"), [])
-        contracted = [int(d) for d in contracting.group("dims").split(",") if d]
-        if any(d >= len(lhs_dims) for d in contracted):
-            return 0.0
-        return 2.0 * math.prod(output) * math.prod(lhs_dims[d] for d in contracted)
+        op, operands = opcode.group("opcode"), rest[opcode.end() :]
+        if op == "dot" or (op == "custom-call" and _GEMM_TARGET.search(rest)):
+            # GPU GEMM custom-calls keep the dot's dimension numbers in their backend config.
+            contracting = _CONTRACTING.search(rest) or _GEMM_CONTRACTING.search(rest)
+            if contracting is None:
+                return 0.0
+            lhs = operand_dims(operands, 0)
+            contracted = [int(d) for d in re.findall(r"\d+", contracting.group("dims"))]
+            if not lhs or any(d >= len(lhs) for d in contracted):
+                return 0.0
+            return 2.0 * math.prod(output) * math.prod(lhs[d] for d in contracted)
+        if op == "convolution":
+            # Each output element sums over the kernel's window and input features: the kernel
+            # holds that many weights per output feature (per group, for grouped convolutions).
+            kernel, labels = operand_dims(operands, 1), _CONV_LABELS.search(rest)
+            if not kernel or labels is None or "o" not in labels.group("kernel"):
+                return 0.0
+            per_output = math.prod(kernel) / kernel[labels.group("kernel").index("o")]
+            return 2.0 * math.prod(output) * per_output
+        return 0.0
 
     def flops_of(name: str, seen: frozenset[str] = frozenset()) -> float:
         rest = lines[name]
-        total = own_dot_flops(rest)
+        total = own_flops(rest)
         callee = _CALLS.search(rest)
         if callee and callee.group("callee") not in seen:
             inner = callee.group("callee")
@@ -223,7 +242,7 @@ def report(breakdown: Breakdown, yardstick_per_device: float) -> str:
     total = breakdown.total_seconds
     lines = [f"device time per step and device: {total * 1e3:.1f} ms"]
     labels = {
-        "matmul": "matmuls (dot fusions)",
+        "matmul": "matmuls and convolutions",
         "other": "other (elementwise, reductions, copies)",
         "collective": "collectives, waits included",
     }

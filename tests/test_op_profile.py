@@ -51,6 +51,41 @@ def test_dots_are_counted_in_fusions_and_with_batch_dimensions():
     assert instructions["copy.6"].kind == "other"
 
 
+GPU_AND_CONV_HLO = """\
+ENTRY %main (x: f32[64,48], w: f32[48,32], images: f32[8,32,32,3], k: f32[3,3,1,6]) -> f32[64,32] {
+  %x = f32[64,48]{1,0} parameter(0)
+  %w = f32[48,32]{1,0} parameter(1)
+  %images = f32[8,32,32,3]{3,2,1,0} parameter(2)
+  %k = f32[3,3,1,6]{3,2,1,0} parameter(3)
+  %custom-call.1 = (f32[64,32]{1,0}, s8[4194304]{0}) custom-call(f32[64,48]{1,0} %x, f32[48,32]{1,0} %w), custom_call_target="__cublas$gemm", backend_config={"gemm_backend_config":{"alpha_real":1,"dot_dimension_numbers":{"lhs_contracting_dimensions":["1"],"rhs_contracting_dimensions":["0"],"lhs_batch_dimensions":[],"rhs_batch_dimensions":[]}}}
+  %convolution.2 = f32[8,16,16,6]{3,2,1,0} convolution(%images, %k), window={size=3x3 stride=2x2 pad=0_1x0_1}, dim_labels=b01f_01io->b01f, feature_group_count=3
+  ROOT %get-tuple-element.3 = f32[64,32]{1,0} get-tuple-element(%custom-call.1), index=0
+}
+"""
+
+
+def test_gpu_gemm_custom_calls_and_grouped_convolutions_count_as_matmuls():
+    instructions = op_profile.parse_hlo(GPU_AND_CONV_HLO)
+    assert instructions["custom-call.1"].kind == "matmul"
+    assert instructions["custom-call.1"].flops == 2 * 64 * 32 * 48
+    # Grouped: each output sums a 3 x 3 window of one input feature (3 groups, 6 outputs).
+    assert instructions["convolution.2"].flops == 2 * (8 * 16 * 16 * 6) * 3 * 3 * 1
+    assert instructions["get-tuple-element.3"].kind == "other"
+
+
+def test_the_compiled_module_of_a_convolution_has_its_flops():
+    conv = jax.jit(
+        lambda x, w: jax.lax.conv_general_dilated(
+            x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+    )
+    x, w = jnp.ones((4, 16, 16, 3)), jnp.ones((3, 3, 3, 8))
+    instructions = op_profile.parse_hlo(conv.lower(x, w).compile().as_text())
+    # The convolution (and any fusion wrapping it) carries exactly its FLOPs.
+    flops = {i.flops for i in instructions.values() if i.kind == "matmul"}
+    assert flops == {2 * (4 * 16 * 16 * 8) * (3 * 3 * 3)}
+
+
 def test_module_paths_merge_blocks_and_tell_the_backward_pass_apart():
     path = op_profile.module_path
     assert path("jit(step)/jvp(Model)/blocks_3/mlp/fc1/dot_general") == (
@@ -91,7 +126,7 @@ def test_times_are_averaged_per_step_and_device_and_split_by_kind():
     per_device = op_profile.attribute(events, instructions, num_steps=1, num_devices=2)
     assert per_device.total_seconds == pytest.approx(breakdown.total_seconds)
     text = op_profile.report(breakdown, yardstick_per_device=1e9)
-    assert "matmuls (dot fusions)" in text and "bwd Model/blocks_N/norm1/reduce_sum" in text
+    assert "matmuls and convolutions" in text and "bwd Model/blocks_N/norm1/reduce_sum" in text
 
 
 def test_a_real_trace_attributes_the_matmul_flops_of_each_step(tmp_path):
