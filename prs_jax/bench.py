@@ -21,8 +21,9 @@ prints:
   - with --baseline (default on), the straightforward Flax model (`models/reference.py`, same
     parameters) in the same rounds; with --vs-timm, when torch and timm import, timm's model of
     the same configuration trained with the same recipe, and the ratios;
-  - with --profile, each phase's device time split into matmuls (with their own FLOP rate),
-    collectives and the rest, and the largest of the rest by module (prs_jax/op_profile.py).
+  - with --profile, each phase's device time split into matmuls and convolutions (with their
+    own FLOP rate), collectives and the rest, and the largest items of each by module
+    (prs_jax/op_profile.py).
 
 Everything timed is alternated round by round in one process, so that a busy machine slows
 every contender alike; the same step also serves both phases (the step counter is set to a
@@ -113,7 +114,8 @@ flags.DEFINE_bool(
     " (prs_jax/op_profile.py).",
 )
 flags.DEFINE_string(
-    "profile_dir", "", "Keep the --profile traces here (for XProf/TensorBoard); default: a temp dir."
+    "profile_dir", "",
+    "Keep the --profile traces here (for XProf/TensorBoard); default: a temporary directory.",
 )
 
 # Sizes of datasets the benchmark need not open (opening CIFAR-100 would download it).
@@ -342,8 +344,11 @@ def all_devices_flops(setup: StepSetup, cost: Any) -> float:
     return float(cost.get("flops", float("nan"))) * setup.replicated.mesh.devices.size
 
 
-def profile_phase(setup: StepSetup, step: int, num_steps: int, yardstick: dict[str, Any]) -> str:
-    """Trace `num_steps` train steps from `step` and summarise where the device time went."""
+def profile_phase(
+    setup: StepSetup, step: int, num_steps: int, matmul_rate: float, num_devices: int
+) -> str:
+    """Trace `num_steps` train steps from `step` and summarise where the device time went;
+    `matmul_rate` is the yardstick measured on all `num_devices` devices together."""
     hlo_text = setup.step_fn.lower(setup.state, setup.batch).compile().as_text()  # a cache hit
     run = train_runner(setup, step, num_steps)
     run()  # warm, so that the trace holds only steady-state steps
@@ -360,9 +365,9 @@ def profile_phase(setup: StepSetup, step: int, num_steps: int, yardstick: dict[s
             op_profile.operation_events(profile),
             op_profile.parse_hlo(hlo_text),
             num_steps=num_steps,
-            num_devices=yardstick["devices"],
+            num_devices=num_devices,
         )
-    return op_profile.report(breakdown, yardstick["rate"] / yardstick["devices"])
+    return op_profile.report(breakdown, matmul_rate / num_devices)
 
 
 # --------------------------------------------------------------------------------------------
@@ -698,7 +703,6 @@ def main(argv: list[str]) -> None:
     print(f"model FLOPs per image (XLA cost analysis): train step {flops / per_image:.3f} GFLOP,"
           f" eval {eval_flops(setup) / config.eval_batch_size / 1e9:.3f} GFLOP")
     matmul_rate = matmul_flops / timings["matmul"].median_seconds()
-    yardstick = {"rate": matmul_rate, "devices": len(devices)}
     rates = matmul_flops / np.asarray(timings["matmul"].seconds) / 1e9
     print(f"matmul rate ({size}^3 {config.model.dtype} on each of {len(devices)} devices,"
           " best of 3 per round):"
@@ -741,7 +745,7 @@ def main(argv: list[str]) -> None:
         for phase, step in phases.items():
             if step is not None:
                 print(f"\nprofile, {phase} phase ({FLAGS.steps} traced steps):")
-                print(profile_phase(setup, step, FLAGS.steps, yardstick))
+                print(profile_phase(setup, step, FLAGS.steps, matmul_rate, len(devices)))
     print(f"\npeak host memory (RSS): {gib(peak_host_memory_bytes())}")
     device_peak = device_peak_bytes()
     if device_peak is not None:

@@ -18,8 +18,8 @@ performance work of issue 8 needed, printed next to the benchmark's figures.
 
 The operation lines are the CPU runtime's threads (tf_XLAEigen: one per device when each runs
 single-threaded; tf_XLAPjRtCpuClient otherwise) and, on a GPU or TPU, the device planes'
-"XLA Ops" lines (not checked on those here: no such device was at hand). The HLO text is parsed with regular
-expressions: XLA has no Python API for per-instruction FLOPs.
+"XLA Ops" lines (not checked on those here: no such device was at hand). The HLO text is
+parsed with regular expressions: XLA has no Python API for per-instruction FLOPs.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ _OP_NAME = re.compile(r'op_name="(?P<op_name>[^"]*)"')
 _GEMM_TARGET = re.compile(r'custom_call_target="[^"]*(gemm|matmul)[^"]*"', re.IGNORECASE)
 _GEMM_CONTRACTING = re.compile(r'"lhs_contracting_dimensions":\[(?P<dims>[^\]]*)\]')
 _CONV_LABELS = re.compile(r"dim_labels=\w+_(?P<kernel>\w+)->\w+")
+_TRANSFORM = re.compile(r"(?:transpose|jvp|remat|checkpoint)\((?P<inner>[^()]*)\)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,8 +163,9 @@ def module_path(op_name: str) -> str:
     op_name = op_name.split(";")[0]  # a fusion of several ops lists them all
     direction = "bwd" if "transpose(" in op_name else "fwd"
     path = re.sub(r"^jit\([^)]*\)/", "", op_name)
-    path = re.sub(r"(transpose|jvp|remat|checkpoint)\(([^()]*)\)", r"\2", path)
-    path = re.sub(r"(transpose|jvp)\(([^()]*)\)", r"\2", path)
+    unwrapped = None
+    while unwrapped != path:  # transpose(jvp(Model)) -> Model, innermost first
+        unwrapped, path = path, _TRANSFORM.sub(r"\g<inner>", path)
     path = re.sub(r"_\d+(?=/|$)", "_N", path)
     path = re.sub(r"/branch_\d+_fun", "", path)
     return f"{direction} {path or '(no metadata)'}"
@@ -171,7 +173,7 @@ def module_path(op_name: str) -> str:
 
 @dataclasses.dataclass
 class Breakdown:
-    """Device milliseconds per step (averaged over devices), by kind and by module path."""
+    """Device seconds per step (averaged over devices), by kind and by module path."""
 
     seconds_by_kind: dict[str, float]
     matmul_flops: float  # per device per step
