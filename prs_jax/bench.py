@@ -367,7 +367,8 @@ def profile_phase(
             num_steps=num_steps,
             num_devices=num_devices,
         )
-    return op_profile.report(breakdown, matmul_rate / num_devices)
+    model_flops = cost_and_memory(setup)[0] / num_devices
+    return op_profile.report(breakdown, matmul_rate / num_devices, model_flops)
 
 
 # --------------------------------------------------------------------------------------------

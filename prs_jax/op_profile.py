@@ -190,6 +190,12 @@ class Breakdown:
         seconds = self.seconds_by_kind.get("matmul", 0.0)
         return self.matmul_flops / seconds if seconds else float("nan")
 
+    def seconds_with_matmuls_at(self, rate: float) -> float:
+        """The step's device time if every matmul ran at `rate` FLOP/s and the rest stayed:
+        how far speeding up the matmuls alone could take the step."""
+        rest = self.total_seconds - self.seconds_by_kind.get("matmul", 0.0)
+        return self.matmul_flops / rate + rest
+
 
 def operation_events(profile: Any) -> Iterable[tuple[str, float]]:
     """(name, seconds) of every event on the per-device operation lines of a ProfileData."""
@@ -239,10 +245,20 @@ def attribute(
     return Breakdown(dict(by_kind), flops, ranked, ranked_matmuls, unmatched)
 
 
-def report(breakdown: Breakdown, yardstick_per_device: float) -> str:
-    """The breakdown as printed by the benchmark."""
+def report(
+    breakdown: Breakdown, yardstick_per_device: float, model_flops_per_device: float = 0.0
+) -> str:
+    """The breakdown as printed by the benchmark. With the step's model FLOPs per device (XLA's
+    cost analysis), also the fraction of the matmul rate the traced device time achieves, and
+    the most it could with every matmul at the yardstick's rate and everything else as traced."""
     total = breakdown.total_seconds
     lines = [f"device time per step and device: {total * 1e3:.1f} ms"]
+    if model_flops_per_device:
+        bound = breakdown.seconds_with_matmuls_at(yardstick_per_device)
+        lines[0] += (f" = {model_flops_per_device / total / yardstick_per_device:.0%} of the"
+                     " matmul rate; with every matmul at that rate: "
+                     f"{bound * 1e3:.1f} ms = "
+                     f"{model_flops_per_device / bound / yardstick_per_device:.0%}")
     labels = {
         "matmul": "matmuls and convolutions",
         "other": "other (elementwise, reductions, copies)",

@@ -142,4 +142,6 @@ def test_the_command_line_reports_one_compilation_and_both_phases(tmp_path):
         shares = re.findall(r"^  (?:matmuls|other|collectives).* ms +(\d+)%", section, re.MULTILINE)[:3]
         assert len(shares) == 3 and abs(sum(map(int, shares)) - 100) <= 2, section
         assert "GFLOP/s" in section.splitlines()[2]
+        assert re.search(r"ms = \d+% of the matmul rate; with every matmul at that rate: "
+                         r"[\d.]+ ms = \d+%", section.splitlines()[1]), section
     assert len(list(tmp_path.rglob("*.xplane.pb"))) == 2

@@ -126,8 +126,15 @@ def test_times_are_averaged_per_step_and_device_and_split_by_kind():
     assert breakdown.other_by_path[0] == norm
     per_device = op_profile.attribute(events, instructions, num_steps=1, num_devices=2)
     assert per_device.total_seconds == pytest.approx(breakdown.total_seconds)
-    text = op_profile.report(breakdown, yardstick_per_device=1e9)
+    # The matmuls' 6 ms at the yardstick's rate would take flops / rate; the other 8 ms stay.
+    flops = breakdown.matmul_flops
+    assert breakdown.seconds_with_matmuls_at(flops / (1 * ms)) == pytest.approx(9 * ms)
+    text = op_profile.report(breakdown, yardstick_per_device=flops / (1 * ms),
+                             model_flops_per_device=2 * flops)
     assert "matmuls and convolutions" in text and "bwd Model/blocks_N/norm1/reduce_sum" in text
+    # 2x the matmul FLOPs in 14 ms where the yardstick needs 1 ms per matmul load: 2/14 of it;
+    # with the matmuls at the yardstick's rate, 2/9 of it.
+    assert "= 14% of the matmul rate; with every matmul at that rate: 9.0 ms = 22%" in text
 
 
 def test_a_real_trace_attributes_the_matmul_flops_of_each_step(tmp_path):
