@@ -349,7 +349,8 @@ def profile_phase(
 ) -> str:
     """Trace `num_steps` train steps from `step` and summarise where the device time went;
     `matmul_rate` is the yardstick measured on all `num_devices` devices together."""
-    hlo_text = setup.step_fn.lower(setup.state, setup.batch).compile().as_text()  # a cache hit
+    compiled = setup.step_fn.lower(setup.state, setup.batch).compile()  # a cache hit
+    model_flops = all_devices_flops(setup, compiled.cost_analysis()) / num_devices
     run = train_runner(setup, step, num_steps)
     run()  # warm, so that the trace holds only steady-state steps
     with contextlib.ExitStack() as stack:
@@ -363,11 +364,10 @@ def profile_phase(
         profile = jax.profiler.ProfileData.from_file(str(traces[-1]))
         breakdown = op_profile.attribute(
             op_profile.operation_events(profile),
-            op_profile.parse_hlo(hlo_text),
+            op_profile.parse_hlo(compiled.as_text()),
             num_steps=num_steps,
             num_devices=num_devices,
         )
-    model_flops = cost_and_memory(setup)[0] / num_devices
     return op_profile.report(breakdown, matmul_rate / num_devices, model_flops)
 
 

@@ -132,7 +132,7 @@ def test_times_are_averaged_per_step_and_device_and_split_by_kind():
     text = op_profile.report(breakdown, yardstick_per_device=flops / (1 * ms),
                              model_flops_per_device=2 * flops)
     assert "matmuls and convolutions" in text and "bwd Model/blocks_N/norm1/reduce_sum" in text
-    # 2x the matmul FLOPs in 14 ms where the yardstick needs 1 ms per matmul load: 2/14 of it;
+    # Twice the matmul FLOPs, which the yardstick does in 2 ms, took 14 ms: 2/14 of its rate;
     # with the matmuls at the yardstick's rate, 2/9 of it.
     assert "= 14% of the matmul rate; with every matmul at that rate: 9.0 ms = 22%" in text
 
