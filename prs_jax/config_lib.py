@@ -6,7 +6,7 @@ comma-separated list of words (`prs,runlocal`) and `key=value` pairs (`epochs=10
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import ml_collections
@@ -67,6 +67,11 @@ def set_schedule(config: ml_collections.ConfigDict, variant: str, switch: float 
     config.schedule.last_layer_switch_epoch = last
 
 
+# The 'deit' variant of each ConViT size: the DeiT of the same width class (d'Ascoli et al.,
+# Table 1 pairs ConViT-Ti/S/B with DeiT-Ti/S/B).
+DEIT_TWINS = {"convit_tiny": "deit_tiny", "convit_small": "deit_small", "convit_base": "deit_base"}
+
+
 def select_variant(
     config: ml_collections.ConfigDict,
     variant: str,
@@ -77,22 +82,31 @@ def select_variant(
 ) -> None:
     """Sets config.model (and config.schedule) for a config file's `:variant` word.
 
-    A schedule variant (SCHEDULE_VARIANTS) trains the ConViT-family model `vit`; `switch` >= 0
-    moves uniform's switch epoch. 'deit' is the DeiT of the same size (deit_tiny for
-    convit_tiny). A name in `resnets` selects that ResNet with the given fields (stem, dtype).
+    A schedule variant (SCHEDULE_VARIANTS) trains the ConViT `vit` (a name in DEIT_TWINS);
+    `switch` >= 0 moves uniform's switch epoch. 'deit' trains the DeiT twin of a ConViT `vit`
+    (DEIT_TWINS), or `vit` itself if it names a DeiT. A name in `resnets` selects that ResNet
+    with the given fields (stem, dtype). Any other `vit` is an error naming the choices.
     config.num_epochs must be final: the schedule is set in epochs.
     """
     resnets = dict(resnets or {})
     if variant in SCHEDULE_VARIANTS:
+        _check_choice(vit, DEIT_TWINS, f"variant {variant!r} schedules GPSA layers: model")
         config.model.name = vit
         set_schedule(config, variant, switch)
     elif variant == "deit":
-        config.model.name = "deit_tiny" if vit == "convit_tiny" else vit
+        deits = [*DEIT_TWINS, *DEIT_TWINS.values()]
+        _check_choice(vit, deits, "variant 'deit' trains a DeiT: model")
+        config.model.name = DEIT_TWINS.get(vit, vit)
     elif variant in resnets:
         config.model = ml_collections.ConfigDict({"name": variant, **resnets[variant]})
     else:
         choices = [*SCHEDULE_VARIANTS, "deit", *resnets]
         raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(choices)}")
+
+
+def _check_choice(value: str, choices: Iterable[str], what: str) -> None:
+    if value not in choices:
+        raise ValueError(f"{what}={value!r} is not allowed; choose one of {', '.join(choices)}")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -121,15 +135,25 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval_batch_size = 256
 
     config.optimizer = ml_collections.ConfigDict()
-    # DeiT's linear scaling rule, 5e-4 per 512 images; rescale it with --config.batch_size.
-    config.optimizer.learning_rate = 5e-4 * config.batch_size / 512
+    # The peak learning rate (prs_jax.optimizer.resolve_learning_rate, at the start of a run):
+    # DeiT's linear scaling rule, learning_rate_per_512 x batch_size / 512, so it follows a
+    # --config.batch_size override; or an absolute `learning_rate` (> 0), which needs
+    # learning_rate_per_512 = 0: a config that sets both is rejected.
+    config.optimizer.learning_rate_per_512 = 5e-4
+    config.optimizer.learning_rate = 0.0
     config.optimizer.min_learning_rate = 1e-5
     config.optimizer.warmup_epochs = 5.0
+    config.optimizer.warmup_learning_rate = 1e-6  # the warmup's first rate (DeiT's warmup_lr)
     config.optimizer.weight_decay = 0.05
     config.optimizer.b1 = 0.9
     config.optimizer.b2 = 0.999
     config.optimizer.eps = 1e-8
-    config.optimizer.grad_clip_norm = 1.0  # 0 disables clipping
+    # 0 disables clipping: DeiT and ConViT do not clip (their clip_grad defaults to None).
+    config.optimizer.grad_clip_norm = 0.0
+    # While a GPSA layer is a convolution (s = 1) its content path (qk, gating_param) gets zero
+    # gradient; True rests it (no weight decay, no Adam moment or count advance), so it starts
+    # training at its switch like a fresh Adam. False: plain AdamW, as before issue 16.
+    config.optimizer.pause_content_path_while_conv = True
 
     # On-device batch augmentation (prs_jax.mixing).
     config.augment = ml_collections.ConfigDict()

@@ -46,6 +46,36 @@ def test_cifar100_baselines(arg, model):
     assert model in models.MODEL_NAMES
 
 
+@pytest.mark.parametrize(
+    "arg,model",
+    [
+        ("deit,model=convit_tiny", "deit_tiny"),
+        ("deit,model=convit_small", "deit_small"),
+        ("deit,model=convit_base", "deit_base"),
+        ("deit,model=deit_small", "deit_small"),  # a DeiT name is its own twin
+    ],
+)
+def test_deit_variant_trains_the_deit_twin_of_each_convit_size(arg, model):
+    config = load("cifar100")(arg)
+    assert config.model.name == model
+    assert models.VIT_VARIANTS[model]["num_gpsa_layers"] == 0
+
+
+@pytest.mark.parametrize(
+    "arg,message",
+    [
+        ("deit,model=resnet18", "variant 'deit' trains a DeiT: model='resnet18' is not allowed; "
+                                "choose one of convit_tiny, convit_small, convit_base, deit_tiny, "
+                                "deit_small, deit_base$"),
+        ("prs,model=deit_small", "variant 'prs' schedules GPSA layers: model='deit_small' is not "
+                                 "allowed; choose one of convit_tiny, convit_small, convit_base$"),
+    ],
+)
+def test_a_model_the_variant_cannot_use_is_an_error_naming_the_choices(arg, message):
+    with pytest.raises(ValueError, match=message):
+        load("cifar100")(arg)
+
+
 def test_runlocal_shrinks_the_run_but_keeps_the_variant():
     full, local = load("cifar100")("prs"), load("cifar100")("prs,runlocal")
     assert local.num_epochs < full.num_epochs and local.batch_size < full.batch_size

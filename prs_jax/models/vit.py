@@ -275,24 +275,13 @@ def _join_class_token(cls_token: Array, x: Array) -> Array:
 
 
 # Named sizes. ConViT heads are 48 wide (d'Ascoli et al., Table 1); DeiT's are 64.
+# DeiT: no GPSA layer, biased QKV, a position-embedding slot for the class token.
+_DEIT = dict(num_gpsa_layers=0, qkv_bias=True, class_token_position_embedding=True)
 VIT_VARIANTS: dict[str, dict[str, Any]] = {
     "convit_tiny": dict(hidden_size=192, num_heads=4, depth=12, num_gpsa_layers=10),
     "convit_small": dict(hidden_size=432, num_heads=9, depth=12, num_gpsa_layers=10),
     "convit_base": dict(hidden_size=768, num_heads=16, depth=12, num_gpsa_layers=10),
-    "deit_tiny": dict(
-        hidden_size=192,
-        num_heads=3,
-        depth=12,
-        num_gpsa_layers=0,
-        qkv_bias=True,
-        class_token_position_embedding=True,
-    ),
-    "deit_small": dict(
-        hidden_size=384,
-        num_heads=6,
-        depth=12,
-        num_gpsa_layers=0,
-        qkv_bias=True,
-        class_token_position_embedding=True,
-    ),
+    "deit_tiny": dict(hidden_size=192, num_heads=3, depth=12, **_DEIT),
+    "deit_small": dict(hidden_size=384, num_heads=6, depth=12, **_DEIT),
+    "deit_base": dict(hidden_size=768, num_heads=12, depth=12, **_DEIT),  # deit_base_patch16_224
 }
