@@ -162,3 +162,21 @@ def test_class_token_reads_the_image_through_self_attention():
     changed = model.apply(variables, images.at[:, :4, :4].add(1.0), jnp.ones((2,)))
     assert jnp.abs(base - changed).max() > 1e-5
     assert math.isfinite(float(base.sum()))
+
+
+def test_fresh_weights_have_timms_std_of_0_02_not_flaxs_2_sigma_cut():
+    """timm's trunc_normal_(std=.02) cuts at +-2 absolute (100 sigma): N(0, 0.02^2), with 4.55% of
+    weights beyond 2 sigma. flax's truncated_normal(0.02) cuts at 2 sigma: std 0.0176, none."""
+    model = create_model("convit_tiny", num_classes=100, patch_size=4)
+    images, strength = jnp.zeros((1, 32, 32, 3)), jnp.ones((10,))
+    params = jax.jit(model.init)(jax.random.key(0), images, strength)["params"]
+    weights = {
+        "fc1": params["blocks_11"]["mlp"]["fc1"]["kernel"],  # 147,456 weights
+        "qk": params["blocks_0"]["attn"]["qk"]["kernel"],
+        "qkv": params["blocks_11"]["attn"]["qkv"]["kernel"],
+        "pos_embed": params["pos_embed"],  # 12,288
+    }
+    for name, w in weights.items():
+        assert float(jnp.std(w)) == pytest.approx(0.02, abs=4e-4), name
+    beyond_two_sigma = float(jnp.mean(jnp.abs(weights["fc1"]) > 0.04))
+    assert beyond_two_sigma == pytest.approx(0.0455, abs=0.002)

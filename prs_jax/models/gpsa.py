@@ -30,8 +30,28 @@ import numpy as np
 Array = jax.Array
 Dtype = Any
 
-# timm's ViT/ConViT initialise linear layers with a truncated normal of std 0.02.
-dense_init = nn.initializers.truncated_normal(stddev=0.02)
+
+def timm_trunc_normal(stddev: float, bound: float = 2.0) -> nn.initializers.Initializer:
+    """timm's `trunc_normal_(std=stddev)`: N(0, stddev^2) cut at +-`bound` in absolute value.
+
+    timm's a=-2, b=2 are absolute, so at std 0.02 the cut is at 100 sigma and the draw is a plain
+    normal of std 0.02; flax's truncated_normal(0.02) cuts at 2 sigma (std 0.0176). The clip
+    states the bound and never binds (a float32 normal sample stays within 6 sigma); a normal
+    sample, not jax's inverse-CDF truncated_normal, whose erf(-100 / sqrt 2) = -1 endpoint
+    yields -bound for one draw in 2^23.
+    """
+    if bound < 6.0 * stddev:
+        raise ValueError(f"bound {bound} is within 6 sigma of std {stddev}: clipping would bind")
+
+    def init(key: Array, shape: tuple[int, ...], dtype: Dtype = jnp.float32) -> Array:
+        return jnp.clip(stddev * jax.random.normal(key, shape, dtype), -bound, bound)
+
+    return init
+
+
+# timm's ViT (0.3.x, the DeiT code) and ConViT init every Linear weight, the position embedding
+# and the class token with trunc_normal_(std=.02).
+dense_init = timm_trunc_normal(0.02)
 
 
 @functools.lru_cache(maxsize=None)
