@@ -190,6 +190,21 @@ def test_exported_gates_carry_the_conv_strength():
     assert np.all(fully_convolutional["blocks.1.attn.gating_param"] == np.inf)
 
 
+def test_fresh_local_init_exports_as_convits_pos_proj_rows():
+    """A fresh prs_jax GPSA exports to the pos_proj weight [H, 3] that ConViT's local_init sets."""
+    model = models.create_model(
+        "convit_small", num_classes=10, patch_size=8, hidden_size=36, depth=3, num_gpsa_layers=2
+    )
+    weight = convert.prs_to_timm(convert.init_variables(model, 32, jax.random.key(0)))[
+        "blocks.1.attn.pos_proj.weight"
+    ]
+    expected = np.zeros((9, 3), np.float32)
+    for h1 in range(3):  # ConViT's loops: row h1 + 3 h2 gets (dx, dy, d^2) weights
+        for h2 in range(3):
+            expected[h1 + 3 * h2] = [2 * (h2 - 1), 2 * (h1 - 1), -1]
+    np.testing.assert_array_equal(weight, expected)
+
+
 # --- Position embedding and head for another grid or number of classes ---------------------
 
 

@@ -7,8 +7,10 @@ import pytest
 
 from prs_jax.models.gpsa import (
     GatedPositionalSelfAttention,
+    dense_init,
     effective_gate,
     kernel_offsets,
+    local_init,
     relative_indices,
 )
 
@@ -130,16 +132,41 @@ def test_fast_path_equals_explicit_attention_matrix(s):
     np.testing.assert_allclose(out, expected, atol=1e-5)
 
 
-def test_local_init_points_each_head_at_its_offset():
+def convit_local_offset(head, num_heads):
+    """ConViT's GPSA.local_init: head h1 + k h2 gets dy weight 2 (h1 - c), dx weight 2 (h2 - c)."""
+    kernel_size = int(num_heads**0.5)
+    centre = (kernel_size - 1) / 2
+    h1, h2 = head % kernel_size, head // kernel_size
+    return h2 - centre, h1 - centre  # (dx, dy)
+
+
+def test_local_init_points_each_head_at_convits_offset_for_that_head():
     layer, params, x = init_layer(locality_strength=1.0)
     positional = attention_weights(layer, params, x, 1.0)[0]  # s = 1: A is the positional map
     query_row, query_col = 3, 3
     query = query_row * GRID + query_col
-    for head, (dx, dy) in enumerate(kernel_offsets(9).astype(int)):
+    for head in range(9):
+        dx, dy = convit_local_offset(head, 9)
         peak = int(jnp.argmax(positional[head, query]))
         assert divmod(peak, GRID) == (query_row + dy, query_col + dx), f"head {head}"
+    # Head 1 looks one patch down (dy = 0), not right: ConViT's column-by-column order.
+    assert convit_local_offset(1, 9) == (-1, 0)
     # Local init also makes V the identity (ConViT).
     np.testing.assert_array_equal(params["v"]["kernel"], np.eye(WIDTH))
+
+
+@pytest.mark.parametrize("num_heads", [4, 6, 9, 16])
+def test_local_init_kernel_is_convits_head_for_head(num_heads):
+    """pos_proj columns alpha (2 dx_h, 2 dy_h, -1) in ConViT's head order (even k too, where
+    argmax ties); heads beyond k*k keep the random init, scaled by alpha as in ConViT."""
+    alpha, key = 3.0, jax.random.key(5)
+    kernel = np.asarray(local_init(alpha)(key, (3, num_heads)))
+    kernel_size = int(num_heads**0.5)
+    for head in range(kernel_size**2):
+        dx, dy = convit_local_offset(head, num_heads)
+        np.testing.assert_array_equal(kernel[:, head], alpha * np.array([2 * dx, 2 * dy, -1.0]))
+    extra = slice(kernel_size**2, None)
+    np.testing.assert_array_equal(kernel[:, extra], alpha * dense_init(key, (3, num_heads))[:, extra])
 
 
 def test_rejects_tokens_that_are_not_a_square_grid():

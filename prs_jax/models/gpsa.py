@@ -70,12 +70,13 @@ def relative_indices(grid_size: int) -> np.ndarray:
 def kernel_offsets(num_heads: int) -> np.ndarray:
     """The (dx, dy) offset each head attends to after local init: f32[k*k, 2], k = floor(sqrt(H)).
 
-    Heads are laid out row-major over a k x k kernel centred on the query patch (for even k the
-    centre falls between patches, as in ConViT). Heads beyond k*k get no offset.
+    Heads cover a k x k kernel centred on the query patch (for even k the centre falls between
+    patches) in ConViT's order (GPSA.local_init): head h = i + k j attends to dx = j - centre,
+    dy = i - centre, so consecutive heads run down a kernel column. Heads beyond k*k get none.
     """
     kernel_size = math.isqrt(num_heads)
     centre = (kernel_size - 1) / 2
-    dy, dx = np.divmod(np.arange(kernel_size * kernel_size), kernel_size)
+    dx, dy = np.divmod(np.arange(kernel_size * kernel_size), kernel_size)
     return np.stack([dx - centre, dy - centre], axis=-1).astype(np.float32)
 
 
@@ -95,9 +96,10 @@ def local_init(locality_strength: float) -> nn.initializers.Initializer:
         local = np.concatenate(
             [2.0 * offsets.T, -np.ones((1, len(offsets)), np.float32)], axis=0
         )  # [3, k*k]
-        # Heads that do not fit in the k x k kernel keep a small random init, as in ConViT.
-        kernel = dense_init(key, shape, dtype)
-        return kernel.at[:, : len(offsets)].set(jnp.asarray(locality_strength * local, dtype))
+        # Heads that do not fit in the k x k kernel keep the random init, scaled by alpha like
+        # the rest, as in ConViT.
+        kernel = dense_init(key, shape, dtype).at[:, : len(offsets)].set(jnp.asarray(local, dtype))
+        return locality_strength * kernel
 
     return init
 
