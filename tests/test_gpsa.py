@@ -47,28 +47,77 @@ def test_relative_indices_are_key_minus_query_offsets():
     np.testing.assert_array_equal(r[4, 4], [0, 0, 0])
 
 
-def test_conv_mode_is_a_3x3_convolution():
-    """s = 1 with a large locality strength: out = conv(x, K) + b, K[offset_h] = W_V^h W_O^h."""
-    layer, params, x = init_layer(locality_strength=50.0)
+def conv_mode_layer(num_heads):
+    """A layer at s = 1 with a large locality strength and random V, W_O and bias: (out, x,
+    params, per-head taps W_V^h W_O^h [H, C, C]), out and x as [B, S, S, C] grids."""
+    layer, params, x = init_layer(num_heads, locality_strength=50.0)
     params = randomise(params, ["v", "proj"])
     params["proj"]["bias"] = 0.1 * jnp.arange(WIDTH, dtype=jnp.float32)
     out = layer.apply({"params": params}, x, jnp.float32(1.0))
+    w_v = params["v"]["kernel"].reshape(WIDTH, num_heads, -1)
+    w_o = params["proj"]["kernel"].reshape(num_heads, -1, WIDTH)
+    taps = jnp.einsum("chd,hde->hce", w_v, w_o)
+    grid = lambda tokens: tokens.reshape(2, GRID, GRID, WIDTH)  # noqa: E731
+    return grid(out), grid(x), params, taps
 
-    w_v, w_o = params["v"]["kernel"], params["proj"]["kernel"]
-    head_dim = WIDTH // 9
+
+def conv3x3(grid, kernel, padding):
+    return jax.lax.conv_general_dilated(
+        grid, kernel, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
+def test_conv_mode_is_a_3x3_convolution_with_edge_replicate_padding():
+    """s = 1, 9 heads, large alpha: out = conv(x, K) + b with K[offset_h] = W_V^h W_O^h, and at
+    the border a head whose patch is missing takes the nearest existing one (edge replicate)."""
+    out, x, params, taps = conv_mode_layer(9)
     kernel = jnp.zeros((3, 3, WIDTH, WIDTH))
     for head, (dx, dy) in enumerate(kernel_offsets(9).astype(int)):
-        cols = slice(head * head_dim, (head + 1) * head_dim)
-        kernel = kernel.at[dy + 1, dx + 1].set(w_v[:, cols] @ w_o[cols, :])
-    grid = x.reshape(2, GRID, GRID, WIDTH)
-    expected = jax.lax.conv_general_dilated(
-        grid, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
-    ) + params["proj"]["bias"]
+        kernel = kernel.at[dy + 1, dx + 1].set(taps[head])
+    bias = params["proj"]["bias"]
+    edge_padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+    replicated = conv3x3(edge_padded, kernel, "VALID") + bias
+    zero_padded = conv3x3(x, kernel, "SAME") + bias
 
+    error = float(jnp.abs(out - replicated).max())
+    print(f"conv-mode max abs error, whole grid: {error:.2e}")
+    assert error < 1e-4
     interior = (slice(None), slice(1, -1), slice(1, -1))
-    error = jnp.abs(out.reshape(2, GRID, GRID, WIDTH)[interior] - expected[interior]).max()
-    print(f"conv-mode max abs error: {float(error):.2e}")
-    assert error < 1e-4, f"conv-mode max abs error {error}"
+    assert float(jnp.abs(out - zero_padded)[interior].max()) < 1e-4
+    assert float(jnp.abs(out - zero_padded)[:, 0, 0].min()) > 1e-2  # the corner is not zero-padded
+
+
+def test_conv_mode_heads_of_convit_ti_average_the_2x2_neighbours_that_exist():
+    """s = 1, 4 heads (k = 2, offsets between patches), large alpha: head h's output at token i
+    is the mean of the value-projected patches of its 2 x 2 square that exist, at the border too
+    (a corner head keeps 1 of 4 patches with weight 1, where zero padding would give 1/4)."""
+    out, x, params, taps = conv_mode_layer(4)
+    bias = np.asarray(params["proj"]["bias"])
+    renormalised, zero_padded = np.zeros((2,) + out.shape) + bias
+    for head, (dx, dy) in enumerate(kernel_offsets(4)):
+        square = [(int(dy + a), int(dx + b)) for a in (-0.5, 0.5) for b in (-0.5, 0.5)]
+        for row, col in np.ndindex(GRID, GRID):
+            present = [np.asarray(x[:, row + r, col + c]) for r, c in square
+                       if 0 <= row + r < GRID and 0 <= col + c < GRID]
+            renormalised[:, row, col] += np.mean(present, axis=0) @ np.asarray(taps[head])
+            zero_padded[:, row, col] += np.sum(present, axis=0) / 4 @ np.asarray(taps[head])
+    np.testing.assert_allclose(out, renormalised, atol=1e-4)
+    interior = (slice(None), slice(1, -1), slice(1, -1))
+    np.testing.assert_allclose(out[interior], zero_padded[interior], atol=1e-4)
+    assert np.abs(out - zero_padded)[:, 0, 0].min() > 1e-2
+
+
+def test_default_locality_strength_gives_each_head_a_broad_gaussian():
+    """alpha = 1: per axis the weights are exp(-(d - delta)^2) normalised over the grid, so a
+    9-head layer's head keeps 1 / (sum_d exp(-d^2))^2 = 32% on its own patch (interior query)."""
+    layer, params, x = init_layer(9, locality_strength=1.0)
+    positional = attention_weights(layer, params, x, 1.0)[0]
+    query = 3 * GRID + 3
+    centre_head = 4  # offset (0, 0)
+    per_axis = np.exp(-np.arange(-3.0, 4.0) ** 2)
+    expected = 1.0 / per_axis.sum() ** 2
+    assert float(positional[centre_head, query, query]) == pytest.approx(expected, rel=1e-5)
+    assert expected == pytest.approx(0.318, abs=1e-3)
 
 
 def test_conv_mode_ignores_qk_and_gate_gradient_is_zero():

@@ -9,11 +9,30 @@ PRS (Lee et al., 2022) adds the layer's conv strength s in [0, 1]:
 
     g_h = s + (1 - s) sigmoid(lambda_h).
 
-s = 1 is pure positional attention, which does not depend on the input: the layer is a
-convolution of the value-projected tokens (with a large locality strength, exactly a
-sqrt(H) x sqrt(H) convolution whose tap at head h's offset is W_V^h W_O^h). s = 0 is a ConViT
-layer with a learned gate. Moving s from 1 to 0 reparameterizes the layer into self-attention
-without copying or re-initialising anything.
+s = 0 is a ConViT layer with a learned gate. s = 1 is pure positional attention, which does not
+depend on the input: token i's output is b_O + sum_h sum_j P_h[i, j] x_j W_V^h W_O^h, where
+P_h[i, :] is the softmax of v_pos_h . r_ij + b_h over the keys that exist (the S x S patches; no
+padding). The logit splits into a column term and a row term, so P_h is a softmax over columns
+times one over rows. What that computes:
+
+- Away from the border (where a head's weight beyond the grid is negligible) the softmax
+  normaliser is the same for every query: a convolution with kernel K(d) = sum_h P_h(d) W_V^h W_O^h
+  over the whole grid. After local init P_h(d) ~ exp(-alpha |d - delta_h|^2), a Gaussian of std
+  1/sqrt(2 alpha) patches per axis around head h's offset delta_h (`kernel_offsets`). At ConViT's
+  default alpha = 1 it is broad: a head of a 9-head layer puts 32% of its weight on its own
+  offset; each of ConViT-Ti's 4 heads puts 77% on its 2 x 2 square.
+- Near the border the softmax renormalises over the tokens that exist: the weight a head would
+  give to missing tokens goes to the others in proportion, not to zero padding.
+- As alpha grows, each head attends equally to the existing patches nearest to i + delta_h. With
+  k = floor(sqrt(H)) odd (9 heads: 3 x 3) that is one patch: a k x k convolution with tap
+  W_V^h W_O^h at delta_h and edge-replicate padding. With k even, delta_h lies between patches:
+  each of ConViT-Ti's 4 heads averages a 2 x 2 neighbourhood (at the border, the part of it that
+  exists), a 3 x 3 convolution, also edge-replicate padded, whose tap at d is a quarter of the sum
+  of W_V^h W_O^h over the heads whose square holds d. Heads beyond k*k keep random positional
+  weights.
+
+Moving s from 1 to 0 reparameterizes the layer into self-attention without copying or
+re-initialising anything.
 """
 
 from __future__ import annotations
@@ -235,7 +254,8 @@ def content_attention(q: Array, k: Array) -> Array:
 
 
 def positional_attention(kernel: Array, bias: Array, grid_size: int) -> Array:
-    """softmax(v_pos . r_ij + b) over keys, f32[H, N, N]; kernel f32[3, H], bias f32[H].
+    """softmax(v_pos . r_ij + b) over the N keys that exist (no padding), f32[H, N, N];
+    kernel f32[3, H], bias f32[H].
 
     The 3 -> H projection is written as three broadcast multiply-adds: as a dot, XLA:CPU runs
     it (and its transpose) as tiny matmuls with a fixed cost each, which `bench --profile`
