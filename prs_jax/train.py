@@ -174,7 +174,10 @@ def make_train_step(
         (loss, (logits, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params
         )
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        # The optimizer rests each GPSA layer's content path while the layer is a convolution.
+        updates, opt_state = optax.with_extra_args_support(tx).update(
+            grads, state.opt_state, state.params, conv_strength=conv_strength
+        )
         params = optax.apply_updates(state.params, updates)
         new_state = state.replace(
             step=state.step + 1,

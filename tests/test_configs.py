@@ -127,3 +127,18 @@ def test_select_variant_sets_model_and_schedule_and_names_every_choice():
 def test_runlocal_keeps_a_uniform_switch_epoch_within_its_short_run(name):
     config = load(name)("uniform,switch=0.5,runlocal")
     assert config.schedule.first_layer_switch_epoch == config.schedule.last_layer_switch_epoch == 0.5
+
+
+# --- the DeiT optimizer recipe -------------------------------------------------------------------
+
+CONFIG_ARGS = [
+    ("cifar100", a) for a in ("prs", "convit", "conv", "deit", "resnet18", "prs,runlocal")
+]
+CONFIG_ARGS += [("imagenet", a) for a in ("prs", "deit", "resnet50", "prs,runlocal")]
+CONFIG_ARGS += [("digits", None), ("digits", "deit")]
+
+
+@pytest.mark.parametrize("name,arg", CONFIG_ARGS)
+def test_no_config_clips_gradients_as_in_deit_and_convit(name, arg):
+    assert config_lib.base_config().optimizer.grad_clip_norm == 0.0
+    assert load(name)(arg).optimizer.grad_clip_norm == 0.0

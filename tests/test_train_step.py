@@ -84,6 +84,28 @@ def test_one_compilation_serves_a_run_across_every_layer_switch():
     assert step_fn._cache_size() == 1
 
 
+def test_the_train_step_rests_a_conv_layers_content_path_until_its_switch():
+    # Layer 0 switches at epoch 2 (step 10), layer 1 at epoch 1 (step 5); hard switches.
+    config = tiny_config(first_layer_switch_epoch=2.0, last_layer_switch_epoch=1.0)
+    step_fn, state, sharding, _ = build(config, devices=jax.devices()[:1])
+    initial = jax.device_get(state.params)
+    for index in range(10):
+        state, _ = step_fn(state, batch(index, sharding))
+    params = jax.device_get(state.params)
+    layer_0, layer_1 = (params[f"blocks_{l}"]["attn"] for l in (0, 1))
+    start_0, start_1 = (initial[f"blocks_{l}"]["attn"] for l in (0, 1))
+    # Bit for bit, weight decay included; the convolution's own weights trained meanwhile.
+    np.testing.assert_array_equal(layer_0["qk"]["kernel"], start_0["qk"]["kernel"])
+    np.testing.assert_array_equal(layer_0["gating_param"], start_0["gating_param"])
+    assert not np.array_equal(layer_0["v"]["kernel"], start_0["v"]["kernel"])
+    assert not np.array_equal(layer_1["qk"]["kernel"], start_1["qk"]["kernel"])
+    np.testing.assert_array_equal(state.opt_state[0].content_count, [0, 5])
+    state, _ = step_fn(state, batch(10, sharding))  # layer 0's first step as self-attention
+    assert not np.array_equal(state.params["blocks_0"]["attn"]["qk"]["kernel"],
+                              start_0["qk"]["kernel"])
+    np.testing.assert_array_equal(state.opt_state[0].content_count, [1, 6])
+
+
 def test_data_parallel_on_two_devices_equals_one_device():
     assert jax.device_count() >= 2, "conftest fakes two CPU devices"
     config = tiny_config(first_layer_switch_epoch=0.4, last_layer_switch_epoch=0.2)
@@ -140,7 +162,8 @@ def test_weight_decay_is_applied_only_through_the_mask():
     _, state, _, _ = build(config, devices=jax.devices()[:1])
     tx = optimizer.create_optimizer(config.optimizer, 0.1)
     zeros = jax.tree.map(jnp.zeros_like, state.params)
-    updates, _ = tx.update(zeros, tx.init(state.params), state.params)
+    strength = jnp.zeros(2)
+    updates, _ = tx.update(zeros, tx.init(state.params), state.params, conv_strength=strength)
     expected = jax.tree.map(
         lambda p, decay: -0.1 * config.optimizer.weight_decay * p if decay else jnp.zeros_like(p),
         state.params,
