@@ -75,7 +75,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.batch_size = 1024
     config.eval_batch_size = 1024  # any power-of-two device count; the last batch is padded
-    config.optimizer.learning_rate = 5e-4 * config.batch_size / 512
+    config.optimizer.learning_rate_per_512 = 5e-4  # x batch_size / 512, resolved at the start
     config.optimizer.min_learning_rate = 1e-5
     config.optimizer.warmup_epochs = 5.0
     config.optimizer.weight_decay = 0.05
@@ -98,7 +98,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.num_epochs = 1.0
         config.optimizer.warmup_epochs = 0.1
         config.batch_size = 64
-        config.optimizer.learning_rate = 5e-4 * config.batch_size / 512
         config.eval_batch_size = 256
         config.log_every_steps = 10
         config.eval_every_epochs = 1.0

@@ -82,7 +82,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
 
-from prs_jax import cpu_devices, data, models, op_profile, schedule, train
+from prs_jax import cpu_devices, data, models, op_profile, optimizer, schedule, train
 from prs_jax.data import sources
 from prs_jax.models.reference import reference_of
 
@@ -523,7 +523,7 @@ def timm_runner(
     tx = create_optimizer_v2(
         model,
         "adamw",
-        lr=opt.learning_rate,
+        lr=optimizer.resolve_learning_rate(opt, config.batch_size)[0],  # train.py's peak rate
         weight_decay=opt.weight_decay,
         betas=(opt.b1, opt.b2),
         eps=opt.eps,

@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 # Parameter paths of a GPSA layer's content path (prs_jax.models.gpsa): the fused query-key
@@ -128,6 +129,42 @@ def scale_by_adamw_paused(
         )
 
     return optax.GradientTransformationExtraArgs(init, update)
+
+
+def resolve_learning_rate(
+    config: ml_collections.ConfigDict, batch_size: int
+) -> tuple[float, str]:
+    """The peak learning rate of a run and how it was derived, for the log.
+
+    `config` is the run config's `optimizer` section. An absolute `learning_rate` > 0 is used
+    as it is; otherwise DeiT's linear scaling rule gives learning_rate_per_512 x batch_size /
+    512 (DeiT/ConViT main.py), evaluated here so that it follows a batch_size override. Exactly
+    one of the two must be > 0.
+    """
+    absolute, per_512 = config.learning_rate, config.learning_rate_per_512
+    if absolute < 0 or per_512 < 0:
+        raise ValueError(
+            f"optimizer.learning_rate={absolute} and optimizer.learning_rate_per_512={per_512}"
+            " must be >= 0"
+        )
+    if absolute > 0 and per_512 > 0:
+        raise ValueError(
+            f"optimizer.learning_rate={absolute} (absolute) and optimizer.learning_rate_per_512="
+            f"{per_512} (scaled by batch_size / 512) are both set: set the one you mean and the"
+            " other to 0"
+        )
+    if absolute > 0:
+        return absolute, f"learning rate {_short(absolute)} (absolute, batch size {batch_size})"
+    if per_512 == 0:
+        raise ValueError(
+            "optimizer.learning_rate_per_512=0.0 and optimizer.learning_rate=0.0: one must be > 0"
+        )
+    value = per_512 * batch_size / 512
+    return value, f"learning rate {_short(value)} = {_short(per_512)} x {batch_size} / 512"
+
+
+def _short(rate: float) -> str:
+    return np.format_float_scientific(rate, precision=4, trim="-", exp_digits=1)  # 2.5e-4
 
 
 def create_optimizer(

@@ -178,18 +178,25 @@ def learning_rate_schedule(
     init_learning_rate: float = 0.0,
     end_learning_rate: float = 1e-5,
 ) -> optax.Schedule:
-    """Linear warmup init -> base over warmup_steps, then cosine base -> end at total_steps.
+    """DeiT's schedule per step: linear warmup init -> base over warmup_steps, cosine base -> end.
 
-    DeiT's recipe (timm's cosine scheduler with min_lr 1e-5), per step rather than per epoch.
-    After total_steps the rate stays at `end_learning_rate`.
+    This is timm's CosineLRScheduler as DeiT/ConViT build it (warmup_lr_init, warmup_t,
+    lr_min, t_initial = the run, warmup_prefix=False), with t counted in steps: step t <
+    warmup_steps takes init + t (base - init) / warmup_steps; every later step the cosine of
+    the *global* step, end + (base - end) (1 + cos(pi t / total_steps)) / 2, so the warmup
+    replaces the cosine's first steps rather than delaying it, and after total_steps the rate
+    stays at `end_learning_rate`. Not matched: timm steps once per epoch, and DeiT's loop calls
+    step(epoch) after each epoch, so its epoch e runs at the rate of e - 1.
     """
-    decay_steps = steps.total_steps - steps.warmup_steps
-    if decay_steps > 0:
-        alpha = 0.0 if base_learning_rate == 0 else end_learning_rate / base_learning_rate
-        decay = optax.cosine_decay_schedule(base_learning_rate, decay_steps, alpha=alpha)
-    else:  # the warmup is the whole run
-        decay = optax.constant_schedule(end_learning_rate)
+    alpha = 0.0 if base_learning_rate == 0 else end_learning_rate / base_learning_rate
+    cosine = optax.cosine_decay_schedule(
+        base_learning_rate, max(steps.total_steps, 1), alpha=alpha
+    )
     if steps.warmup_steps == 0:
-        return decay
+        return cosine
     warmup = optax.linear_schedule(init_learning_rate, base_learning_rate, steps.warmup_steps)
-    return optax.join_schedules([warmup, decay], [steps.warmup_steps])
+
+    def schedule(step: jax.typing.ArrayLike) -> jax.Array:
+        return jnp.where(step < steps.warmup_steps, warmup(step), cosine(step))
+
+    return schedule

@@ -230,6 +230,7 @@ class RunFunctions:
 
     conv_strength_fn: Callable[[jax.Array], jax.Array]
     learning_rate_fn: optax.Schedule
+    learning_rate_note: str  # how the peak rate was resolved, for the log
     tx: optax.GradientTransformation
     train_step: Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]
     eval_step: Callable[[TrainState, Batch], dict[str, jax.Array]]
@@ -252,8 +253,15 @@ def build_run_functions(
     conv_strength_fn = schedule.make_conv_strength_fn(
         model.num_gpsa_layers, steps.steps_per_epoch, config.schedule
     )
+    # The peak rate is resolved here, not in the config file, so a batch_size override rescales it.
+    peak_learning_rate, learning_rate_note = optimizer.resolve_learning_rate(
+        config.optimizer, config.batch_size
+    )
     learning_rate_fn = schedule.learning_rate_schedule(
-        config.optimizer.learning_rate, steps, end_learning_rate=config.optimizer.min_learning_rate
+        peak_learning_rate,
+        steps,
+        init_learning_rate=config.optimizer.warmup_learning_rate,
+        end_learning_rate=config.optimizer.min_learning_rate,
     )
     tx = optimizer.create_optimizer(config.optimizer, learning_rate_fn)
     train_step = jax.jit(
@@ -271,7 +279,9 @@ def build_run_functions(
         functools.partial(initial_state, model, tx, config.data.image_size, config.seed),
         out_shardings=replicated,
     )
-    return RunFunctions(conv_strength_fn, learning_rate_fn, tx, train_step, eval_step, init)
+    return RunFunctions(
+        conv_strength_fn, learning_rate_fn, learning_rate_note, tx, train_step, eval_step, init
+    )
 
 
 def evaluate(
@@ -422,12 +432,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             writer.write_hparams(validation.flatten(config.to_dict()))
     parameter_overview.log_parameter_overview(state.params)
     logging.info(
-        "%s: %d steps (%d per epoch, %d warmup); layer switches at steps %s.",
+        "%s: %d steps (%d per epoch, %d warmup); layer switches at steps %s; %s.",
         type(model).__name__,
         steps.total_steps,
         steps.steps_per_epoch,
         steps.warmup_steps,
         switch_steps,
+        run.learning_rate_note,
     )
 
     # Loop.

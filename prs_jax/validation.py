@@ -14,6 +14,7 @@ from typing import Any
 import ml_collections
 
 from prs_jax import data, models
+from prs_jax import optimizer as optimizer_lib
 
 
 class ConfigError(ValueError):
@@ -68,10 +69,13 @@ def validate_config(config: ml_collections.ConfigDict, *, device_count: int) -> 
     _check(0.0 < train_fraction <= 1.0, "data.train_fraction", train_fraction, "in (0, 1]")
 
     optimizer = config.optimizer
-    _check(optimizer.learning_rate > 0, "optimizer.learning_rate", optimizer.learning_rate, "> 0")
-    _check(0 <= optimizer.min_learning_rate <= optimizer.learning_rate,
-           "optimizer.min_learning_rate", optimizer.min_learning_rate,
-           f"in [0, learning_rate={optimizer.learning_rate}]")
+    try:  # the rule train.py applies: an absolute rate or one per 512 images, never both
+        peak, _ = optimizer_lib.resolve_learning_rate(optimizer, config.batch_size)
+    except ValueError as e:
+        raise ConfigError(f"config.{e}") from None
+    for name in ("min_learning_rate", "warmup_learning_rate"):
+        _check(0 <= optimizer[name] <= peak, f"optimizer.{name}", optimizer[name],
+               f"in [0, the peak learning rate {peak:g}]")
     _check(0 <= optimizer.warmup_epochs <= config.num_epochs, "optimizer.warmup_epochs",
            optimizer.warmup_epochs, f"in [0, num_epochs={config.num_epochs}]")
     _check(optimizer.weight_decay >= 0, "optimizer.weight_decay", optimizer.weight_decay, ">= 0")

@@ -6,6 +6,7 @@ import pathlib
 import pytest
 
 from prs_jax import config_lib, models
+from prs_jax import optimizer, validation
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
@@ -142,3 +143,46 @@ CONFIG_ARGS += [("digits", None), ("digits", "deit")]
 def test_no_config_clips_gradients_as_in_deit_and_convit(name, arg):
     assert config_lib.base_config().optimizer.grad_clip_norm == 0.0
     assert load(name)(arg).optimizer.grad_clip_norm == 0.0
+
+
+@pytest.mark.parametrize(
+    "name,arg,batch_size,rate,note",
+    [
+        ("cifar100", "prs", None, 1.25e-4, "learning rate 1.25e-4 = 5e-4 x 128 / 512"),
+        ("cifar100", "prs", 256, 2.5e-4, "learning rate 2.5e-4 = 5e-4 x 256 / 512"),
+        ("imagenet", "prs", None, 1e-3, "learning rate 1e-3 = 5e-4 x 1024 / 512"),
+        ("imagenet", "prs,runlocal", None, 6.25e-5, "learning rate 6.25e-5 = 5e-4 x 64 / 512"),
+        ("imagenet", "deit", 4096, 4e-3, "learning rate 4e-3 = 5e-4 x 4096 / 512"),
+        # digits sets an absolute rate: a batch size override leaves it alone.
+        ("digits", None, 256, 1e-3, "learning rate 1e-3 (absolute, batch size 256)"),
+    ],
+)
+def test_the_learning_rate_follows_deits_scaling_rule_after_a_batch_size_override(
+    name, arg, batch_size, rate, note
+):
+    config = load(name)(arg)
+    if batch_size:
+        config.batch_size = batch_size  # as --config.batch_size=N does, after get_config
+    assert optimizer.resolve_learning_rate(config.optimizer, config.batch_size) == (
+        pytest.approx(rate, rel=1e-12), note
+    )
+    assert config.optimizer.warmup_learning_rate == 1e-6  # DeiT's warmup_lr
+
+
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        (dict(learning_rate=1e-3), r"config.optimizer.learning_rate=0.001 \(absolute\) and "
+         r"optimizer.learning_rate_per_512=0.0005 \(scaled by batch_size / 512\) are both set"),
+        (dict(learning_rate_per_512=0.0), r"learning_rate_per_512=0.0 and optimizer.learning_rate"
+         r"=0.0: one must be > 0"),
+        (dict(learning_rate=-1.0, learning_rate_per_512=0.0), r"must be >= 0"),
+        (dict(warmup_learning_rate=1.0), r"config.optimizer.warmup_learning_rate=1.0 is not "
+         r"allowed: use in \[0, the peak learning rate 0.000125\]"),
+    ],
+)
+def test_contradictory_or_missing_learning_rates_are_rejected(changes, message):
+    config = load("cifar100")("prs")
+    config.optimizer.update(changes)
+    with pytest.raises(validation.ConfigError, match=message):
+        validation.validate_config(config, device_count=1)

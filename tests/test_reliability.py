@@ -212,7 +212,7 @@ BAD_CONFIGS = [
     (dict(eval_batch_size=0), r"eval_batch_size=0"),
     (dict(data__train_fraction=0.0), r"data.train_fraction=0.0.*\(0, 1\]"),
     (dict(data__train_fraction=1.5), r"data.train_fraction=1.5"),
-    (dict(optimizer__learning_rate=0.0), r"optimizer.learning_rate=0.0.*> 0"),
+    (dict(optimizer__learning_rate_per_512=0.0), r"optimizer.learning_rate_per_512=0.0.*> 0"),
     (dict(optimizer__min_learning_rate=1.0), r"optimizer.min_learning_rate=1.0"),
     (dict(optimizer__warmup_epochs=400.0), r"optimizer.warmup_epochs=400.0"),
     (dict(optimizer__weight_decay=-0.1), r"optimizer.weight_decay=-0.1"),

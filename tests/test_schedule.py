@@ -247,19 +247,25 @@ def test_training_steps_take_at_least_one_step_per_epoch_and_cap_warmup():
 STEPS = schedule.TrainingSteps(steps_per_epoch=10, total_steps=100, warmup_steps=10)
 
 
-def test_learning_rate_warms_up_linearly_then_cosine_decays_to_the_end_value():
-    lr = schedule.learning_rate_schedule(1e-3, STEPS, end_learning_rate=1e-5)
+def test_learning_rate_warms_up_linearly_then_follows_the_cosine_of_the_global_step():
+    # timm's CosineLRScheduler as DeiT builds it (warmup_prefix=False), t counted in steps.
+    lr = schedule.learning_rate_schedule(
+        1e-3, STEPS, init_learning_rate=1e-6, end_learning_rate=1e-5
+    )
+    cosine = lambda t: 1e-5 + (1e-3 - 1e-5) * 0.5 * (1 + math.cos(math.pi * t / 100))  # noqa: E731
     expected = {
-        0: 0.0,
-        5: 5e-4,
-        10: 1e-3,  # end of warmup: the base rate
-        55: 1e-5 + (1e-3 - 1e-5) * 0.5,  # halfway through the cosine
+        0: 1e-6,  # DeiT's warmup_lr
+        5: 1e-6 + 5 * (1e-3 - 1e-6) / 10,
+        9: 1e-6 + 9 * (1e-3 - 1e-6) / 10,
+        10: cosine(10),  # the cosine at step 10 of 100, not restarted after the warmup
+        50: 1e-5 + (1e-3 - 1e-5) * 0.5,  # halfway through the run
         100: 1e-5,
         150: 1e-5,
     }
     np.testing.assert_allclose(
         [float(lr(s)) for s in expected], list(expected.values()), rtol=1e-5, atol=1e-10
     )
+    np.testing.assert_allclose(cosine(10), 9.7577e-4, rtol=1e-4)
 
 
 def test_learning_rate_decreases_after_warmup():
@@ -280,7 +286,8 @@ def test_learning_rate_without_warmup_starts_at_the_base_rate():
 def test_learning_rate_init_value_and_jit():
     lr = schedule.learning_rate_schedule(1e-3, STEPS, init_learning_rate=1e-6)
     np.testing.assert_allclose(float(lr(0)), 1e-6, rtol=1e-5)
-    np.testing.assert_allclose(float(jax.jit(lr)(jnp.int32(10))), 1e-3, rtol=1e-6)
+    for step in (3, 10, 77):
+        np.testing.assert_allclose(float(jax.jit(lr)(jnp.int32(step))), float(lr(step)), rtol=1e-6)
 
 
 def test_learning_rate_when_warmup_is_the_whole_run():

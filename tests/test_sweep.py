@@ -51,7 +51,7 @@ def test_imagenet_config_recipe_and_variants():
     assert config.data.train_fraction == 0.1
     assert config.data.train_crop == "random_resized_crop"
     assert config.data.eval_crop == "resize_center_crop"
-    assert config.optimizer.learning_rate == pytest.approx(5e-4 * 1024 / 512)
+    assert config.optimizer.learning_rate_per_512 == 5e-4 and config.batch_size == 1024
     assert (config.augment.mixup_alpha, config.augment.cutmix_alpha) == (0.8, 1.0)
     assert config.schedule.first_layer_switch_epoch == 150.0
     assert sweep.load_config("configs/imagenet.py:resnet50").model.stem == "imagenet"

@@ -27,7 +27,7 @@ def tiny_config(**schedule_epochs):
     config.data.image_size = IMAGE_SIZE
     config.num_epochs = 4.0
     config.optimizer.warmup_epochs = 1.0
-    config.optimizer.learning_rate = 1e-3
+    config.optimizer.update(learning_rate=1e-3, learning_rate_per_512=0.0)
     config.schedule.update(schedule_epochs)
     return config
 
@@ -183,3 +183,18 @@ def test_resnet_train_step_updates_batch_stats(name):
     changed = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), before, after)
     assert max(jax.tree.leaves(changed)) > 0
     assert metrics["conv_strength"].shape == (0,)
+
+
+def test_run_functions_warm_up_from_deits_warmup_lr_to_the_rate_scaled_by_the_batch_size():
+    config = tiny_config()
+    config.optimizer.update(learning_rate=0.0, learning_rate_per_512=5e-4)
+    config.batch_size = 256  # as --config.batch_size=256 would
+    steps = schedule.training_steps(256 * 5, 256, config.num_epochs, config.optimizer.warmup_epochs)
+    model = train.create_model(config, NUM_CLASSES)
+    run = train.build_run_functions(config, model, NUM_CLASSES, steps, train.create_mesh())
+    assert run.learning_rate_note == "learning rate 2.5e-4 = 5e-4 x 256 / 512"
+    # 5 warmup steps from 1e-6, then the cosine of the global step (20 in all) to 1e-5.
+    rates = [float(run.learning_rate_fn(t)) for t in (0, 4, 5, 20)]
+    cosine_5 = 1e-5 + (2.5e-4 - 1e-5) * 0.5 * (1 + np.cos(np.pi * 5 / 20))
+    np.testing.assert_allclose(rates, [1e-6, 1e-6 + 4 * (2.5e-4 - 1e-6) / 5, cosine_5, 1e-5],
+                               rtol=1e-5)
