@@ -82,7 +82,9 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
 
-from prs_jax import cpu_devices, data, models, op_profile, optimizer, schedule, train
+from prs_jax import (
+    config_lib, cpu_devices, data, models, op_profile, optimizer, schedule, train,
+)
 from prs_jax.data import sources
 from prs_jax.models.reference import reference_of
 
@@ -480,7 +482,7 @@ def _stub_torchvision() -> None:
 
 def timm_kwargs(config: ml_collections.ConfigDict, num_classes: int) -> tuple[str, dict[str, Any]]:
     """timm's model name and arguments for the config's ViT (sizes from our named variant)."""
-    fields = {**models.VIT_VARIANTS[config.model.name], **config.model}
+    fields = {**models.VIT_VARIANTS[config.model.name], **config_lib.model_overrides(config.model)}
     common = dict(
         img_size=config.data.image_size,
         patch_size=fields["patch_size"],
@@ -621,7 +623,8 @@ def gib(num_bytes: float) -> str:
 
 
 def describe(config: ml_collections.ConfigDict, model: Any, num_params: int) -> str:
-    fields = {**models.VIT_VARIANTS.get(config.model.name, {}), **config.model}
+    overrides = config_lib.model_overrides(config.model)
+    fields = {**models.VIT_VARIANTS.get(config.model.name, {}), **overrides}
     augment = config.augment
     return (
         f"{config.model.name} ({num_params / 1e6:.2f}M parameters,"

@@ -98,7 +98,9 @@ def select_variant(
         _check_choice(vit, deits, "variant 'deit' trains a DeiT: model")
         config.model.name = DEIT_TWINS.get(vit, vit)
     elif variant in resnets:
-        config.model = ml_collections.ConfigDict({"name": variant, **resnets[variant]})
+        # A fresh model section: the ViT fields set so far (patch_size, ...) do not apply.
+        config.model = model_config(variant)
+        config.model.update(resnets[variant])
     else:
         choices = [*SCHEDULE_VARIANTS, "deit", *resnets]
         raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(choices)}")
@@ -109,14 +111,54 @@ def _check_choice(value: str, choices: Iterable[str], what: str) -> None:
         raise ValueError(f"{what}={value!r} is not allowed; choose one of {', '.join(choices)}")
 
 
+def model_config(name: str) -> ml_collections.ConfigDict:
+    """A `config.model` for the model `name` with every model field present but unset.
+
+    An unset field (a None placeholder) means the named model's default (models.VIT_VARIANTS,
+    the model's dataclass); being present, any field can be set on the command line
+    (`--config.model.hidden_size=128`). A field set for a model that has no such field is a
+    ConfigError (prs_jax.validation); `model_overrides` gives the fields that are set.
+    """
+    unset = ml_collections.config_dict.placeholder
+    return ml_collections.ConfigDict(
+        {
+            "name": name,  # one of prs_jax.models.MODEL_NAMES
+            # ViTs (models.vit.VisionTransformer): patch_size has no default.
+            "patch_size": unset(int),
+            "hidden_size": unset(int),
+            "depth": unset(int),
+            "num_heads": unset(int),
+            "num_gpsa_layers": unset(int),
+            "mlp_ratio": unset(float),
+            "qkv_bias": unset(bool),
+            "class_token_position_embedding": unset(bool),
+            "locality_strength": unset(float),
+            "drop_path_rate": unset(float),
+            "dropout_rate": unset(float),
+            "layer_norm_epsilon": unset(float),
+            # ResNets (models.resnet.ResNet).
+            "stem": unset(str),
+            "width": unset(int),
+            "zero_init_residual": unset(bool),
+            # Both: the compute dtype ("float32", "bfloat16"); parameters stay float32.
+            "dtype": unset(str),
+        }
+    )
+
+
+def model_overrides(model: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of a `config.model` that are set: everything but `name` and unset fields."""
+    return {k: v for k, v in dict(model).items() if k != "name" and v is not None}
+
+
 def base_config() -> ml_collections.ConfigDict:
     """Every field the train loop reads, with DeiT-recipe defaults; configs override them."""
     config = ml_collections.ConfigDict()
     config.seed = 0
 
-    # Model: `name` is one of prs_jax.models.MODEL_NAMES; the other fields override its size.
-    config.model = ml_collections.ConfigDict()
-    config.model.name = "convit_tiny"
+    # Model: `name` is one of prs_jax.models.MODEL_NAMES; the other fields, unset unless a config
+    # or the command line sets them, override its size (model_config).
+    config.model = model_config("convit_tiny")
     config.model.patch_size = 4
     config.model.drop_path_rate = 0.1
     config.model.dtype = "float32"  # compute dtype; "bfloat16" on TPU/GPU. Params stay float32.

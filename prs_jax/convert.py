@@ -571,7 +571,7 @@ def restore_variables(workdir: str, step: int | None = None) -> tuple[Variables,
     default). config.model holds the name and overrides, not the dataset's num_classes."""
     import orbax.checkpoint as ocp  # only the export of a training run needs orbax
 
-    from prs_jax import checkpointing
+    from prs_jax import checkpointing, config_lib
 
     config = checkpointing.restore_config(workdir, step)
     with ocp.CheckpointManager(
@@ -585,7 +585,8 @@ def restore_variables(workdir: str, step: int | None = None) -> tuple[Variables,
         ).state
     variables = {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
     variables = jax.tree.map(np.asarray, variables)
-    fields = dict(config.model)
+    # The set fields only: an unset one (None) means the named model's default.
+    fields = {"name": config.model.name, **config_lib.model_overrides(config.model)}
     fields.pop("dtype", None)
     return variables, fields
 

@@ -34,7 +34,7 @@ UNIFORM_FAMILY = ("convit", "uniform", "conv")
 
 
 def _num_gpsa_layers(model: dict[str, Any]) -> int:
-    if "num_gpsa_layers" in model:
+    if model.get("num_gpsa_layers") is not None:  # None: unset, the named model's default
         return int(model["num_gpsa_layers"])
     from prs_jax.models.vit import VIT_VARIANTS  # pylint: disable=import-outside-toplevel
 

@@ -31,6 +31,7 @@ from jax.sharding import PartitionSpec as P
 
 from prs_jax import (
     checkpointing,
+    config_lib,
     convert,
     data,
     fourier,
@@ -58,11 +59,11 @@ class TrainState:
 
 
 def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
-    """The model named by `config.model` (its other fields override the named size)."""
-    fields = dict(config.model)
-    name = fields.pop("name")
+    """The model named by `config.model`; its set fields override the named size, unset ones
+    (None placeholders) keep the named model's defaults."""
+    fields = config_lib.model_overrides(config.model)
     fields["dtype"] = jnp.dtype(fields.get("dtype", "float32"))
-    return models.create_model(name, num_classes=num_classes, **fields)
+    return models.create_model(config.model.name, num_classes=num_classes, **fields)
 
 
 def create_mesh() -> jax.sharding.Mesh:

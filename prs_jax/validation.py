@@ -13,7 +13,7 @@ from typing import Any
 
 import ml_collections
 
-from prs_jax import data, models
+from prs_jax import config_lib, data, models
 from prs_jax import optimizer as optimizer_lib
 
 
@@ -30,9 +30,18 @@ def validate_config(config: ml_collections.ConfigDict, *, device_count: int) -> 
     _check(isinstance(image_size, int) and image_size > 0, "data.image_size", image_size,
            "a positive integer")
 
-    is_vit = config.model.name in models.VIT_VARIANTS
+    # Only the fields that are set: an unset one (None) keeps the named model's default.
+    model_name, overrides = config.model.name, config_lib.model_overrides(config.model)
+    allowed = models.model_fields(model_name)
+    for field, value in overrides.items():
+        if field not in allowed:
+            raise ConfigError(
+                f"config.model.{field}={value!r} does not apply to model {model_name!r}: leave it"
+                f" unset, or set one of its fields: {', '.join(allowed)}"
+            )
+    is_vit = model_name in models.VIT_VARIANTS
     if is_vit:
-        fields = {**models.VIT_VARIANTS[config.model.name], **config.model}
+        fields = {**models.VIT_VARIANTS[model_name], **overrides}
         patch = fields.get("patch_size")
         _check(isinstance(patch, int) and patch > 0 and image_size % patch == 0,
                "model.patch_size", patch, f"a positive divisor of data.image_size={image_size}")
@@ -45,11 +54,11 @@ def validate_config(config: ml_collections.ConfigDict, *, device_count: int) -> 
             # GPSA's local init points heads at a k x k kernel; at least one head is needed.
             _check(fields["num_heads"] >= 1, "model.num_heads", fields["num_heads"], ">= 1")
     for name in ("drop_path_rate", "dropout_rate"):
-        if name in config.model:
-            _check(0.0 <= config.model[name] < 1.0, f"model.{name}", config.model[name], "in [0, 1)")
-    if "dtype" in config.model:
-        _check(config.model.dtype in ("float32", "bfloat16", "float16"), "model.dtype",
-               config.model.dtype, "float32, bfloat16 or float16")
+        if name in overrides:
+            _check(0.0 <= overrides[name] < 1.0, f"model.{name}", overrides[name], "in [0, 1)")
+    if "dtype" in overrides:
+        _check(overrides["dtype"] in ("float32", "bfloat16", "float16"), "model.dtype",
+               overrides["dtype"], "float32, bfloat16 or float16")
 
     _check(config.num_epochs > 0, "num_epochs", config.num_epochs, "> 0")
     schedule = config.schedule
@@ -141,7 +150,9 @@ def resume_differences(
     incompatible, compatible = [], []
     for key in sorted(set(saved_flat) | set(new_flat)):
         old, value = saved_flat.get(key, "<unset>"), new_flat.get(key, "<unset>")
-        if old == value:
+        # A None placeholder (config_lib.model_config) and a field a run's config did not have
+        # yet both mean the named model's default.
+        if old == value or (old in (None, "<unset>") and value in (None, "<unset>")):
             continue
         line = f"{key}: {old!r} -> {value!r}"
         if key == "optimizer.grad_clip_norm" and bool(old) == bool(value):

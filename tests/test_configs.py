@@ -118,7 +118,8 @@ def test_select_variant_sets_model_and_schedule_and_names_every_choice():
     config_lib.select_variant(config, "deit")
     assert config.model.name == "deit_tiny"
     config_lib.select_variant(config, "resnet50", resnets={"resnet50": {"stem": "imagenet"}})
-    assert config.model.to_dict() == {"name": "resnet50", "stem": "imagenet"}
+    assert config.model.name == "resnet50"
+    assert config_lib.model_overrides(config.model) == {"stem": "imagenet"}  # no ViT field left
     with pytest.raises(ValueError, match="choose one of prs, reversed, uniform, convit, conv, "
                                          "deit, resnet18$"):
         config_lib.select_variant(config, "vit", resnets={"resnet18": {}})
@@ -186,3 +187,83 @@ def test_contradictory_or_missing_learning_rates_are_rejected(changes, message):
     config.optimizer.update(changes)
     with pytest.raises(validation.ConfigError, match=message):
         validation.validate_config(config, device_count=1)
+
+
+# --- Model fields from the command line --------------------------------------------------
+
+
+def parse_flags(*args):
+    """The config that prs_jax.main's --config flag gives for `args` (locked, as main's is)."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    argv = ["prog", *args]
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file(
+        "config", None, flag_values=flag_values, lock_config=True, sys_argv=argv
+    )
+    flag_values(argv)
+    return flag_values.config
+
+
+def build(config, num_classes=100):
+    from prs_jax import train
+
+    validation.validate_config(config, device_count=1)
+    return train.create_model(config, num_classes)
+
+
+def test_a_model_size_field_can_be_set_with_a_config_flag():
+    config = parse_flags(f"--config={CONFIG_DIR / 'cifar100.py'}", "--config.model.hidden_size=128",
+                         "--config.model.mlp_ratio=2")
+    model = build(config)
+    assert (model.hidden_size, model.mlp_ratio) == (128, 2.0)
+    # Fields left unset keep ConViT-Ti's sizes and the model's defaults.
+    assert (model.num_heads, model.depth, model.num_gpsa_layers) == (4, 12, 10)
+    assert model.locality_strength == 1.0 and model.patch_size == 4
+
+
+def test_a_model_size_field_can_be_set_in_a_sweep_override():
+    from prs_jax import sweep
+
+    config = sweep.load_config(f"{CONFIG_DIR / 'cifar100.py'}:deit", {"model.depth": 6})
+    model = build(config)
+    assert (model.depth, model.hidden_size, model.num_gpsa_layers) == (6, 192, 0)
+
+
+def test_unset_model_fields_build_the_named_model_and_a_resnet_config_still_works():
+    model = build(load("cifar100")("prs"))
+    assert (model.hidden_size, model.num_heads, model.depth) == (192, 4, 12)
+    resnet = build(parse_flags(f"--config={CONFIG_DIR / 'cifar100.py'}:resnet18",
+                               "--config.model.width=32"))
+    assert (type(resnet).__name__, resnet.stem, resnet.width) == ("ResNet", "cifar", 32)
+
+
+@pytest.mark.parametrize(
+    "arg,flag,message",
+    [
+        ("resnet18", "--config.model.num_gpsa_layers=2",
+         r"config.model.num_gpsa_layers=2 does not apply to model 'resnet18': leave it unset, or "
+         r"set one of its fields: stem, width, zero_init_residual, dtype$"),
+        ("prs", "--config.model.width=64",
+         r"config.model.width=64 does not apply to model 'convit_tiny': leave it unset, or set "
+         r"one of its fields: patch_size, hidden_size, depth"),
+    ],
+)
+def test_a_model_field_the_named_model_lacks_is_a_config_error(arg, flag, message):
+    config = parse_flags(f"--config={CONFIG_DIR / 'cifar100.py'}:{arg}", flag)
+    with pytest.raises(validation.ConfigError, match=message):
+        validation.validate_config(config, device_count=1)
+
+
+def test_the_base_config_holds_every_field_of_every_model():
+    fields = set(config_lib.model_config("convit_tiny")) - {"name"}
+    assert fields == set(models.VIT_FIELDS) | set(models.RESNET_FIELDS)
+    assert all(config_lib.model_config("resnet18")[f] is None for f in fields)
+
+
+def test_a_run_saved_before_the_placeholders_resumes():
+    """A saved config.model without the unset fields equals today's with them as None."""
+    new = load("cifar100")("prs").to_dict()
+    saved = {**new, "model": config_lib.model_overrides(new["model"]) | {"name": "convit_tiny"}}
+    assert validation.resume_differences(saved, new) == ([], [])

@@ -87,6 +87,15 @@ def test_unknown_model_name_lists_the_choices():
         create_model("convit_huge", num_classes=10)
 
 
+def test_a_field_the_model_lacks_is_an_error_naming_the_field_and_the_model():
+    with pytest.raises(ValueError, match="model 'resnet18' has no field 'num_gpsa_layers'; its "
+                                         "fields: stem, width, zero_init_residual, dtype$"):
+        create_model("resnet18", num_classes=10, num_gpsa_layers=2)
+    with pytest.raises(ValueError, match="model 'deit_tiny' has no field 'width'; its fields: "
+                                         "patch_size, hidden_size"):
+        create_model("deit_tiny", num_classes=10, patch_size=4, width=64)
+
+
 def small_vit(**overrides):
     config = dict(patch_size=4, hidden_size=32, depth=4, num_heads=4, num_gpsa_layers=2)
     config.update(overrides)

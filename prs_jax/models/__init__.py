@@ -7,6 +7,7 @@ feature maps as ('intermediates', 'feature_maps') in the order of `model.feature
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -20,20 +21,43 @@ from prs_jax.models.vit import VIT_VARIANTS, VisionTransformer
 RESNET_VARIANTS = {"resnet18": resnet.resnet18, "resnet50": resnet.resnet50}
 MODEL_NAMES = tuple(VIT_VARIANTS) + tuple(RESNET_VARIANTS)
 
+# The fields `create_model` can set besides num_classes: a ViT's dataclass fields; a ResNet's
+# less stage_sizes and block, which the named builders fix.
+VIT_FIELDS = tuple(
+    f.name
+    for f in dataclasses.fields(VisionTransformer)
+    if f.name not in ("parent", "name", "num_classes")
+)
+RESNET_FIELDS = ("stem", "width", "zero_init_residual", "dtype")
+
+
+def model_fields(name: str) -> tuple[str, ...]:
+    """The fields that `create_model(name, ...)` takes as overrides."""
+    if name in VIT_VARIANTS:
+        return VIT_FIELDS
+    if name in RESNET_VARIANTS:
+        return RESNET_FIELDS
+    raise ValueError(f"unknown model name {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+
 
 def create_model(name: str, *, num_classes: int, **overrides: Any) -> nn.Module:
-    """Build a named model; `overrides` set any field (e.g. patch_size, num_gpsa_layers, dtype).
+    """Build a named model; `overrides` set any of its `model_fields` (e.g. patch_size,
+    num_gpsa_layers, dtype); another field is an error naming the field and the model.
 
     ViTs need `patch_size` (16 at 224 px, 4 or 2 at 32 px). ResNets take `stem` ('cifar' or
     'imagenet').
     """
+    fields = model_fields(name)
+    for field in overrides:
+        if field not in fields:
+            raise ValueError(
+                f"model {name!r} has no field {field!r}; its fields: {', '.join(fields)}"
+            )
     if name in VIT_VARIANTS:
         if "patch_size" not in overrides:
             raise ValueError(f"model {name!r} needs patch_size (e.g. 16 at 224 px, 4 at 32 px)")
         return VisionTransformer(num_classes=num_classes, **{**VIT_VARIANTS[name], **overrides})
-    if name in RESNET_VARIANTS:
-        return RESNET_VARIANTS[name](num_classes, **overrides)
-    raise ValueError(f"unknown model name {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    return RESNET_VARIANTS[name](num_classes, **overrides)
 
 
 def apply_with_feature_maps(
