@@ -215,7 +215,8 @@ def test_local_init_kernel_is_convits_head_for_head(num_heads):
         dx, dy = convit_local_offset(head, num_heads)
         np.testing.assert_array_equal(kernel[:, head], alpha * np.array([2 * dx, 2 * dy, -1.0]))
     extra = slice(kernel_size**2, None)
-    np.testing.assert_array_equal(kernel[:, extra], alpha * dense_init(key, (3, num_heads))[:, extra])
+    random_init = dense_init(key, (3, num_heads))
+    np.testing.assert_array_equal(kernel[:, extra], alpha * random_init[:, extra])
 
 
 def test_rejects_tokens_that_are_not_a_square_grid():
