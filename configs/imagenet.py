@@ -25,7 +25,8 @@ Other arguments: `train_fraction=0.1` (the 10% subset; evaluation is on all 50,0
 images), `model=convit_small`, `epochs=100`, `switch=60`.
 
 Recipe (DeiT, Touvron et al. 2021): RandomResizedCrop 224 + flip + RandAugment
-rand-m9-mstd0.5-inc1 + random erasing 0.25; eval resize 256, center crop 224; mixup 0.8,
+rand-m9-mstd0.5-inc1 + random erasing 0.25, bicubic, ImageNet mean/std; repeated augmentation
+x3; eval resize 256, center crop 224; mixup 0.8,
 cutmix 1.0, label smoothing 0.1; AdamW lr 5e-4 x batch / 512, weight decay 0.05, cosine to
 1e-5 after 5 warmup epochs; drop path 0.1; batch 1024.
 
@@ -64,6 +65,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.randaugment_magnitude_std = 0.5
     config.data.randaugment_increasing = True
     config.data.random_erasing_prob = 0.25
+    config.data.repeated_augmentation = 3  # DeiT's and ConViT's RASampler, on in their main.py
     config.data.num_workers = 16
 
     config.model.patch_size = 16

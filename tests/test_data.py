@@ -6,6 +6,7 @@ digits are scikit-learn's shipped images.
 
 import functools
 import hashlib
+import os
 
 import grain
 import numpy as np
@@ -21,6 +22,8 @@ NUM_MOCK = 70  # mocked examples per CIFAR-100 split
 BATCH = 16  # 70 // 16 = 4 steps per epoch, 6 examples dropped; eval: 5 batches, 10 padding
 CIFAR_MEAN = np.array([0.5071, 0.4865, 0.4409])
 CIFAR_STD = np.array([0.2673, 0.2564, 0.2762])
+# The pipelines' default normalisation (data.normalization='imagenet'), for every dataset.
+MEAN, STD = np.array(sources.IMAGENET_MEAN), np.array(sources.IMAGENET_STD)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +63,7 @@ def assert_batches_equal(a, b):
 
 def fingerprint(image):
     """An id for an image, exact up to normalisation rounding (images back to uint8)."""
-    raw = np.round((image * CIFAR_STD + CIFAR_MEAN) * 255).astype(np.uint8)
+    raw = np.round((image * STD + MEAN) * 255).astype(np.uint8)
     return hashlib.sha1(raw.tobytes()).hexdigest()
 
 
@@ -302,7 +305,7 @@ def test_train_batches_shapes_dtypes_labels(mock_cifar, dataset):
 
 
 def test_digits_train_batches_are_roughly_standardised():
-    config = digits_config(image_size=8, **NO_AUGMENT)
+    config = digits_config(image_size=8, normalization="dataset", **NO_AUGMENT)
     iterator = data.create_train_iterator(config, global_batch_size=479, seed=0)
     images = np.concatenate([b["image"] for b in take(iterator, 3)])
     assert len(images) == 1437  # one epoch, every train example once
@@ -339,17 +342,33 @@ def test_augmentation_differs_between_epochs_of_the_same_example():
     assert not np.allclose(first["image"][order(first)], second["image"][order(second)])
 
 
+def assert_resumes_exactly(make, before=3, after=4):
+    """An iterator restored from the state after `before` batches yields the next `after`."""
+    iterator = make()
+    take(iterator, before)
+    state = iterator.get_state()
+    expected = take(iterator, after)
+    restored = make()
+    restored.set_state(state)
+    assert_batches_equal(take(restored, after), expected)
+
+
+def assert_process_halves_make_the_global_batch(make, steps):
+    """Returns each step's two halves, after checking they concatenate to the global batch."""
+    global_batches = take(make(), steps)
+    shards = [take(make(process_index=p, process_count=2), steps) for p in range(2)]
+    halves = list(zip(*shards))
+    for whole, (first, second) in zip(global_batches, halves):
+        for key in whole:
+            np.testing.assert_array_equal(np.concatenate([first[key], second[key]]), whole[key])
+    return halves
+
+
 def test_resume_from_state_reproduces_the_following_batches(mock_cifar):
     make = functools.partial(
         data.create_train_iterator, cifar_config(), global_batch_size=BATCH, seed=3
     )
-    iterator = make()
-    take(iterator, 3)
-    state = iterator.get_state()
-    expected = take(iterator, 4)  # crosses the epoch boundary after batch 4
-    restored = make()
-    restored.set_state(state)
-    assert_batches_equal(take(restored, 4), expected)
+    assert_resumes_exactly(make, before=3, after=4)  # crosses the epoch boundary after batch 4
 
 
 def test_resume_through_orbax_checkpoint(tmp_path):
@@ -372,15 +391,8 @@ def test_two_processes_hold_disjoint_halves_of_the_global_batch(mock_cifar):
     make = functools.partial(
         data.create_train_iterator, cifar_config(), global_batch_size=BATCH, seed=0
     )
-    global_batches = take(make(), 5)
-    shards = [take(make(process_index=p, process_count=2), 5) for p in range(2)]
-    for step, whole in enumerate(global_batches):
-        halves = [shards[p][step] for p in range(2)]
+    for halves in assert_process_halves_make_the_global_batch(make, 5):
         assert halves[0]["image"].shape[0] == BATCH // 2
-        for key in whole:
-            np.testing.assert_array_equal(
-                np.concatenate([halves[0][key], halves[1][key]]), whole[key]
-            )
         ids = [{fingerprint(im) for im in h["image"]} for h in halves]
         assert not ids[0] & ids[1]
 
@@ -420,7 +432,7 @@ def test_eval_covers_every_example_once_and_pads_with_masked(mock_cifar):
     source = sources.open_source(cifar_config(), "test")
     expected = np.stack([source[i]["image"] for i in range(NUM_MOCK)])
     np.testing.assert_allclose(
-        merged["image"][:NUM_MOCK], (expected / 255 - CIFAR_MEAN) / CIFAR_STD, atol=1e-5
+        merged["image"][:NUM_MOCK], (expected / 255 - MEAN) / STD, atol=1e-5
     )
     np.testing.assert_array_equal(
         merged["label"][:NUM_MOCK], [source[i]["label"] for i in range(NUM_MOCK)]
@@ -508,8 +520,7 @@ def test_pipeline_with_imagenet_crops_reads_native_images(mock_cifar):
     first = next(iter(data.create_eval_iterator(config, global_batch_size=BATCH)))
     source = sources.open_source(cifar_config(), "test", native_size=True)
     expected = augment.resize_center_crop(source[0]["image"], 24, 0.875)
-    np.testing.assert_allclose(first["image"][0], (expected / 255 - CIFAR_MEAN) / CIFAR_STD,
-                               atol=1e-5)
+    np.testing.assert_allclose(first["image"][0], (expected / 255 - MEAN) / STD, atol=1e-5)
     with pytest.raises(ValueError, match=r"data.eval_crop='center'.*resize_center_crop"):
         data.dataset_info(cifar_config(eval_crop="center"))
 
@@ -523,3 +534,140 @@ def test_posterize_to_zero_bits_is_black_not_an_error():
     image = Image.new("RGB", (4, 4), (200, 100, 50))
     assert np.asarray(randaugment._posterize(image, 0)).max() == 0
     assert np.asarray(randaugment._posterize(image, 8)).tolist() == np.asarray(image).tolist()
+
+
+# --- DeiT fidelity: interpolation, normalisation ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name,reference",
+    [
+        ("Rotate", lambda im, fill, resample: im.rotate(27.0, resample, fillcolor=fill)),
+        ("ShearX", lambda im, fill, resample: im.transform(
+            im.size, Image.Transform.AFFINE, (1, 0.27, 0, 0, 1, 0), resample, fillcolor=fill)),
+        ("TranslateY", lambda im, fill, resample: im.transform(
+            im.size, Image.Transform.AFFINE, (1, 0, 0, 0, 1, 0.405 * 16), resample,
+            fillcolor=fill)),
+    ],
+)
+def test_randaugment_geometric_ops_resample_bicubic_as_deit(name, reference):
+    # timm passes DeiT's interpolation='bicubic' to RandAugment through its hparams.
+    image = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    out = randaugment.apply_op(image, name, 9, fill=(1, 2, 3))
+    pil = Image.fromarray(image)
+    bicubic = np.asarray(reference(pil, (1, 2, 3), Image.Resampling.BICUBIC))
+    bilinear = np.asarray(reference(pil, (1, 2, 3), Image.Resampling.BILINEAR))
+    np.testing.assert_array_equal(out, bicubic)
+    assert not np.array_equal(out, bilinear)
+
+
+def test_sources_resize_to_image_size_bicubic_as_deit():
+    image = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    out = sources.to_rgb_uint8(image, 16)
+    resize = lambda resample: np.asarray(Image.fromarray(image).resize((16, 16), resample))  # noqa: E731
+    np.testing.assert_array_equal(out, resize(Image.Resampling.BICUBIC))
+    assert not np.array_equal(out, resize(Image.Resampling.BILINEAR))
+
+
+@pytest.mark.parametrize(
+    "normalization,mean,std",
+    [(None, MEAN, STD), ("imagenet", MEAN, STD), ("dataset", CIFAR_MEAN, CIFAR_STD)],
+)
+def test_normalisation_is_imagenet_by_default_as_deit_or_the_dataset_own(
+    mock_cifar, normalization, mean, std
+):
+    config = cifar_config() if normalization is None else cifar_config(normalization=normalization)
+    (first, *_) = data.create_eval_iterator(config, global_batch_size=BATCH)
+    source = sources.open_source(config, "test")
+    expected = np.stack([source[i]["image"] for i in range(BATCH)])
+    np.testing.assert_allclose(first["image"], (expected / 255 - mean) / std, atol=1e-5)
+    # Train batches too: undoing the same statistics gives back whole uint8 pixel values.
+    config.update(NO_AUGMENT)
+    train = next(data.create_train_iterator(config, global_batch_size=BATCH, seed=0))
+    pixels = (train["image"] * std + mean) * 255
+    np.testing.assert_allclose(pixels, np.round(pixels), atol=2e-3)
+
+
+def test_unknown_normalisation_names_the_choices():
+    with pytest.raises(ValueError, match=r"normalization='cifar'; choose one of \('imagenet'"):
+        data.create_train_iterator(digits_config(normalization="cifar"), global_batch_size=8,
+                                   seed=0)
+
+
+# --- epochs and repeated augmentation, on generated folders whose labels name the examples -------
+
+
+def one_image_per_class(root, num_examples):
+    """ROOT/train/<class i>/0.png, a random-noise 8x8 image each: an example's label is its id."""
+    rng = np.random.default_rng(0)
+    for i in range(num_examples):
+        os.makedirs(root / "train" / f"c{i:03d}")
+        pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / "train" / f"c{i:03d}" / "0.png")
+    config = data.default_data_config()
+    config.update(name="image_folder", folder_root=str(root), image_size=8)
+    return config
+
+
+def epoch_labels(iterator, steps_per_epoch, num_epochs=2):
+    return [np.concatenate([b["label"] for b in take(iterator, steps_per_epoch)])
+            for _ in range(num_epochs)]
+
+
+def test_two_epochs_differ_in_order_and_together_see_every_example(tmp_path):
+    # 21 examples, batch 4: 5 steps per epoch, and each epoch leaves out one example. With grain
+    # < 0.2.13 every epoch repeated epoch 0's order, and the same example was never trained on.
+    config = one_image_per_class(tmp_path, 21)
+    config.update(NO_AUGMENT)
+    first, second = epoch_labels(data.create_train_iterator(config, global_batch_size=4, seed=0), 5)
+    assert len(set(first)) == len(set(second)) == 20
+    assert not np.array_equal(first, second)
+    assert set(first) | set(second) == set(range(21))
+
+
+def test_repeated_augmentation_shows_each_selected_image_r_times_in_one_batch(tmp_path):
+    # 40 images, batch 6: epochs of 6 steps (36 examples, as without repeats) that show 12
+    # images of a fresh permutation 3 times in a row, each copy augmented anew.
+    config = one_image_per_class(tmp_path, 40)
+    config.repeated_augmentation = 3
+    iterator = data.create_train_iterator(config, global_batch_size=6, seed=0)
+    batches = take(iterator, 12)
+    epochs = [np.concatenate([b["label"] for b in batches[e * 6:(e + 1) * 6]]) for e in range(2)]
+    for labels in epochs:
+        assert len(labels) == 36
+        np.testing.assert_array_equal(np.unique(labels, return_counts=True)[1], [3] * 12)
+        np.testing.assert_array_equal(labels[::3], labels[1::3])  # copies are consecutive
+    assert set(epochs[0]) != set(epochs[1])
+    for batch in batches:
+        for copies in batch["image"].reshape(2, 3, -1):  # the 3 copies of one image
+            assert not np.allclose(copies[0], copies[1]) and not np.allclose(copies[1], copies[2])
+
+
+def test_repeated_augmentation_keeps_the_epoch_length_when_r_does_not_divide_it(tmp_path):
+    # 40 images, batch 8: 40 examples per epoch = 13 images x 3 + one image once.
+    config = one_image_per_class(tmp_path, 40)
+    config.update(NO_AUGMENT, repeated_augmentation=3)
+    iterator = data.create_train_iterator(config, global_batch_size=8, seed=0)
+    for labels in epoch_labels(iterator, 5):
+        counts = {label: np.sum(labels == label) for label in labels}
+        assert len(labels) == 40 and sorted(counts.values()) == [1] + [3] * 13
+        assert counts[labels[-1]] == 1  # the epoch's last image
+
+
+def test_repeated_augmentation_resumes_exactly_and_splits_across_processes(tmp_path):
+    config = one_image_per_class(tmp_path, 40)
+    config.repeated_augmentation = 3
+    make = functools.partial(data.create_train_iterator, config, global_batch_size=8, seed=1)
+    assert_resumes_exactly(make, before=3, after=4)  # crosses the epoch boundary after batch 5
+    # Each process holds its slice of the same global batch: the copies of an image may sit in
+    # two processes' halves, as on DeiT's GPUs, but the halves together are the global batch.
+    halves = assert_process_halves_make_the_global_batch(make, 5)
+    assert {len(h["label"]) for step in halves for h in step} == {4}
+
+
+@pytest.mark.parametrize("repeats", [0, -3])
+def test_repeated_augmentation_must_be_positive(tmp_path, repeats):
+    config = one_image_per_class(tmp_path, 4)
+    config.repeated_augmentation = repeats
+    with pytest.raises(ValueError, match="repeated_augmentation=-?[03]; must be an integer >= 1"):
+        data.create_train_iterator(config, global_batch_size=2, seed=0)

@@ -106,7 +106,7 @@ def test_train_iterator_reads_exactly_the_subset():
     expected = sorted(fingerprint(source[i]["image"]) for i in ids)
     # One batch is one epoch: every example of the subset once.
     batch = next(data.create_train_iterator(config, global_batch_size=len(ids), seed=0))
-    mean, std = sources.DATASETS["digits"].mean[0], sources.DATASETS["digits"].std[0]
+    mean, std = (np.asarray(x) for x in sources.normalization(config))
     images = np.round((batch["image"] * std + mean) * 255).astype(np.uint8)
     assert sorted(fingerprint(im) for im in images) == expected
     np.testing.assert_array_equal(np.sort(batch["label"]), np.sort(source.labels()[ids]))

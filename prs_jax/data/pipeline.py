@@ -1,13 +1,16 @@
 """Deterministic, resumable input pipelines: grain MapDatasets over random-access sources.
 
 Train: source (or its `train_fraction` subset, prs_jax.data.subsets) -> shuffle (a new
-permutation each epoch) -> drop the epoch's remainder -> repeat forever -> augment (per-example
-generator from the seed and the example's position in the stream) -> batches of b = B / P
-consecutive examples -> this process takes batches p, p + P, ...
+permutation each epoch) -> take the epoch's first n / r images, each r times in a row
+(repeated augmentation; r = 1: drop the epoch's remainder) -> repeat forever -> augment
+(per-example generator from the seed and the example's position in the stream) -> batches of
+b = B / P consecutive examples -> this process takes batches p, p + P, ...
 So the global batch t is examples [t B, (t + 1) B) of the stream, and process p holds its p-th
 b-slice: the same data whatever the number of processes or workers. Everything before
 `to_iter_dataset` is index arithmetic, so the iterator state is one integer (grain's
-`next_index`) and a restored iterator continues exactly.
+`next_index`) and a restored iterator continues exactly. (That needs grain >= 0.2.13: before
+it, a slice of a shuffled, repeated dataset read index % len, so every epoch had epoch 0's order
+and the same remainder was never trained on.)
 
 Eval: the whole split once, padded to a multiple of the global batch with mask=False examples,
 so every process runs the same number of batches (big_vision's exact evaluation).
@@ -51,7 +54,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     config.folder_root = ml_collections.config_dict.placeholder(str)
     config.folder_validation_fraction = 0.0
     config.folder_on_corrupt = "raise"  # 'raise': error naming the file | 'skip': leave out, count
-    config.image_size = 32  # images are resized to this (PIL bilinear) if they differ
+    config.image_size = 32  # images are resized to this (PIL bicubic, as DeiT) if they differ
     config.train_split = "train"  # TFDS split syntax ('train[:90%]'); digits: 'train' | 'test'
     config.eval_split = "test"  # always evaluated whole
     # Train on a class-balanced subset: the first round(r * n_c) of a permutation of each class,
@@ -59,6 +62,15 @@ def default_data_config() -> ml_collections.ConfigDict:
     # smaller ratios are nested in larger ones. The ids are saved in the workdir.
     config.train_fraction = 1.0
     config.subset_seed = 0
+    # 'imagenet': ImageNet's mean and std for every dataset, as DeiT and ConViT normalise (their
+    # CIFAR runs included); 'dataset': the dataset's own train statistics where they are known
+    # (cifar100, digits), else ImageNet's.
+    config.normalization = "imagenet"
+    # Repeated augmentation (DeiT's RASampler, Hoffer et al. 2020): each epoch shows ceil(L / r)
+    # images of its permutation r times in a row, each copy augmented anew, so the copies share
+    # a global batch and the epoch keeps its L = steps_per_epoch * batch examples. 1 is off;
+    # DeiT and ConViT on ImageNet: 3.
+    config.repeated_augmentation = 1
     # Train augmentation (DeiT's recipes); 0 / False / 0.0 skips a step.
     # 'pad_crop': a random image_size crop after zero padding by crop_padding (CIFAR);
     # 'random_resized_crop': RandomResizedCrop(image_size, scale=(crop_min_scale, 1)) (ImageNet).
@@ -158,11 +170,15 @@ def create_train_iterator(
 
     Yields {'image': float32[b, S, S, 3], 'label': int32[b]}, b = global_batch_size /
     process_count. Each epoch is a fresh permutation of the split with the last
-    `len % global_batch_size` examples dropped; the same seed and step give the same batch.
+    `len % global_batch_size` examples dropped (with repeated_augmentation r: its first
+    ceil(L / r) images, r copies each); the same seed and step give the same batch.
     """
     batch_size = _per_process_batch_size(global_batch_size, process_index, process_count)
-    spec = sources.dataset_spec(data_config)
+    mean, std = sources.normalization(data_config)
     _check_crops(data_config)
+    repeats = data_config.get("repeated_augmentation", 1)
+    if not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"config.data.repeated_augmentation={repeats!r}; must be an integer >= 1")
     crop = data_config.train_crop
     source = subsets.train_source(data_config, native_size=crop == "random_resized_crop")
     steps_per_epoch = len(source) // global_batch_size
@@ -177,8 +193,8 @@ def create_train_iterator(
     shuffle_seed, augment_seed = (int(s) for s in np.random.SeedSequence(seed).generate_state(2))
     transform = functools.partial(
         augment.train_example,
-        mean=spec.mean,
-        std=spec.std,
+        mean=mean,
+        std=std,
         crop=crop,
         image_size=data_config.image_size,
         crop_min_scale=data_config.crop_min_scale,
@@ -190,16 +206,43 @@ def create_train_iterator(
         randaugment_increasing=data_config.randaugment_increasing,
         random_erasing_prob=data_config.random_erasing_prob,
     )
+    epoch_length = steps_per_epoch * global_batch_size  # full global batches only
+    # Slices and repeats keep epochs aligned: index e * len + i is epoch e's i-th element, so
+    # epoch e reads the shuffle of epoch e.
     dataset = (
         grain.MapDataset.source(source)
         .shuffle(seed=shuffle_seed)
-        .slice(slice(0, steps_per_epoch * global_batch_size))  # full global batches only
-        .repeat(None)  # epoch e reads the shuffle of epoch e
+        .slice(slice(0, math.ceil(epoch_length / repeats)))
+    )
+    if repeats > 1:
+        dataset = _RepeatEach(dataset, repeats, epoch_length)
+    dataset = (
+        dataset.repeat(None)
         .random_map(transform, seed=augment_seed)  # generator from (seed, stream position)
         .batch(batch_size, drop_remainder=True)
         .slice(slice(process_index, None, process_count))
     )
     return iter(_to_iterator(dataset, data_config.num_workers))
+
+
+class _RepeatEach(grain.MapDataset):
+    """Each epoch of `parent` with every element `repeats` times in a row, cut to `epoch_length`
+    (the last element may get fewer copies): position e * epoch_length + j reads element j //
+    repeats of the parent's epoch e, index arithmetic like grain's slice. Our own because grain's
+    one-to-many op (FlatMapMapDataset) may drop elements, so `batch` refuses to follow it."""
+
+    def __init__(self, parent: grain.MapDataset, repeats: int, epoch_length: int):
+        super().__init__(parent)
+        self._repeats, self._epoch_length = repeats, epoch_length
+
+    def __len__(self) -> int:
+        return self._epoch_length
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        epoch, position = divmod(index, self._epoch_length)
+        return self._parent[epoch * len(self._parent) + position // self._repeats]
 
 
 def _padding_example(image_size: int) -> dict[str, np.ndarray]:
@@ -224,7 +267,7 @@ def create_eval_iterator(
     another pass.
     """
     batch_size = _per_process_batch_size(global_batch_size, process_index, process_count)
-    spec = sources.dataset_spec(data_config)
+    mean, std = sources.normalization(data_config)
     _check_crops(data_config)
     crop = data_config.eval_crop
     source = sources.open_source(
@@ -235,8 +278,8 @@ def create_eval_iterator(
     dataset = grain.MapDataset.source(source).map(
         functools.partial(
             augment.eval_example,
-            mean=spec.mean,
-            std=spec.std,
+            mean=mean,
+            std=std,
             crop=crop,
             image_size=data_config.image_size,
             crop_pct=data_config.eval_crop_pct,

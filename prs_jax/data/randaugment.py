@@ -11,8 +11,9 @@ Semantics (timm `rand_augment_transform`, default op list): draw `num_ops` ops u
 replacement; apply each with probability 0.5; magnitude M in [0, 10] (optionally jittered by a
 normal of std `magnitude_std`, clipped to [0, 10]) scales each op's range linearly; signed ops
 (rotate, shear, translate; and the enhance ops of the "increasing" variant) take a random sign.
-Geometric ops fill with `fill` (timm: the dataset mean colour) and resample bilinearly (timm picks
-bilinear or bicubic at random; we keep one for simplicity).
+Geometric ops fill with `fill` (timm: the dataset mean colour) and resample bicubically: timm's
+`create_transform` passes its `interpolation` to RandAugment's hparams unless it is 'random',
+and DeiT's is 'bicubic' (without it timm would pick bilinear or bicubic at random per op).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ MAX_SHEAR = 0.3
 MAX_TRANSLATE_FRACTION = 0.45  # of the image side
 MAX_SOLARIZE_ADD = 110
 SOLARIZE_ADD_THRESHOLD = 128
+RESAMPLE = Image.Resampling.BICUBIC  # DeiT's interpolation, for the geometric ops
 
 Fill = tuple[int, int, int]
 
@@ -36,7 +38,7 @@ Fill = tuple[int, int, int]
 def _affine(image: Image.Image, coefficients, fill: Fill) -> Image.Image:
     # PIL maps each output pixel (x, y) to the input at (a x + b y + c, d x + e y + f).
     return image.transform(
-        image.size, Image.Transform.AFFINE, coefficients, Image.Resampling.BILINEAR, fillcolor=fill
+        image.size, Image.Transform.AFFINE, coefficients, RESAMPLE, fillcolor=fill
     )
 
 
@@ -58,7 +60,7 @@ _OPS = {
     "AutoContrast": lambda im, _, fill: ImageOps.autocontrast(im),
     "Equalize": lambda im, _, fill: ImageOps.equalize(im),
     "Invert": lambda im, _, fill: ImageOps.invert(im),
-    "Rotate": lambda im, deg, fill: im.rotate(deg, Image.Resampling.BILINEAR, fillcolor=fill),
+    "Rotate": lambda im, deg, fill: im.rotate(deg, RESAMPLE, fillcolor=fill),
     "Posterize": lambda im, bits, fill: _posterize(im, bits),
     "Solarize": lambda im, threshold, fill: ImageOps.solarize(im, threshold),
     "SolarizeAdd": lambda im, amount, fill: _solarize_add(im, amount),

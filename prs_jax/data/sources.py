@@ -10,9 +10,10 @@ Datasets (`config.data.name`), one record format:
                 supervised keys) prepared as array_record in data_dir, e.g. `imagenet2012`
                 (built from `data.manual_dir`, the folder holding ILSVRC2012_img_*.tar).
 
-Images are brought to `image_size` here (PIL bilinear) so that everything downstream sees one
-resolution, unless the caller asks for `native_size` (the ImageNet-style crops, which resize
-from the original image); grayscale is replicated to three channels either way.
+Images are brought to `image_size` here (PIL bicubic, as DeiT's transforms resize) so that
+everything downstream sees one resolution, unless the caller asks for `native_size` (the
+ImageNet-style crops, which resize from the original image); grayscale is replicated to three
+channels either way.
 Every source also gives `labels()`, all its labels without decoding an image (for subsets).
 """
 
@@ -35,10 +36,12 @@ DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
 DIGITS_SPLITS = ("train", "test")
 
-# torchvision's ImageNet statistics: the default for ImageNet, image folders and other TFDS data.
+# torchvision's ImageNet statistics: DeiT and ConViT normalise every dataset with them
+# (config.data.normalization='imagenet', the default).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+NORMALIZATIONS = ("imagenet", "dataset")
 FOLDER_DATASET = "image_folder"  # config.data.name of a folder of images (prs_jax.data.folders)
 # Labels read per __getitems__ call when scanning a TFDS split for its labels.
 _LABEL_READ_CHUNK = 4096
@@ -49,7 +52,9 @@ class DatasetSpec:
     """What the pipeline needs to know about a dataset besides its records."""
 
     num_classes: int
-    mean: tuple[float, float, float]  # per channel, images scaled to [0, 1]
+    # The dataset's own statistics per channel, images scaled to [0, 1] (ImageNet's where unknown);
+    # used with config.data.normalization='dataset'.
+    mean: tuple[float, float, float]
     std: tuple[float, float, float]
     # (split, data_config, native_size) -> random-access source of records, at
     # data_config.image_size unless native_size.
@@ -57,7 +62,7 @@ class DatasetSpec:
 
 
 def to_rgb_uint8(image: np.ndarray, image_size: int | None) -> np.ndarray:
-    """uint8[H, W] or [H, W, C in {1, 3}] -> uint8[image_size, image_size, 3] (PIL bilinear).
+    """uint8[H, W] or [H, W, C in {1, 3}] -> uint8[image_size, image_size, 3] (PIL bicubic).
 
     image_size None keeps H x W.
     """
@@ -65,7 +70,7 @@ def to_rgb_uint8(image: np.ndarray, image_size: int | None) -> np.ndarray:
     if image.ndim == 3 and image.shape[-1] == 1:
         image = image[..., 0]
     if image_size is not None and image.shape[:2] != (image_size, image_size):
-        resized = Image.fromarray(image).resize((image_size, image_size), Image.Resampling.BILINEAR)
+        resized = Image.fromarray(image).resize((image_size, image_size), Image.Resampling.BICUBIC)
         image = np.asarray(resized)
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=-1)
@@ -305,7 +310,8 @@ def _open_digits(split: str, data_config: Any, native_size: bool = False) -> Dig
 
 
 DATASETS = {
-    # The standard CIFAR-100 train-set statistics (as in DeiT/timm CIFAR recipes).
+    # CIFAR-100's train-set statistics, for normalization='dataset' (common in CIFAR code bases;
+    # DeiT and ConViT use ImageNet's for CIFAR too, the default).
     "cifar100": DatasetSpec(
         num_classes=100,
         mean=(0.5071, 0.4865, 0.4409),
@@ -368,6 +374,17 @@ def dataset_spec(data_config: Any) -> DatasetSpec:
     if not isinstance(name, str) or not name:
         raise ValueError(f"config.data.name={name!r}; allowed: one of {sorted(DATASETS)}")
     return _tfds_spec(name, _folder(data_config, "data_dir"), bool(data_config.get("download")))
+
+
+def normalization(data_config: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) per channel that images in [0, 1] are normalised with (data.normalization)."""
+    choice = data_config.get("normalization", "imagenet")
+    if choice not in NORMALIZATIONS:
+        raise ValueError(f"config.data.normalization={choice!r}; choose one of {NORMALIZATIONS}")
+    if choice == "imagenet":
+        return IMAGENET_MEAN, IMAGENET_STD
+    spec = dataset_spec(data_config)
+    return spec.mean, spec.std
 
 
 def open_source(data_config: Any, split: str, *, native_size: bool = False) -> Any:
