@@ -105,7 +105,7 @@ def test_corrupt_files_are_skipped_and_counted_when_configured(root):
 
 
 def test_a_file_that_breaks_after_the_check_still_names_itself(root):
-    train = sources.open_source(folder_config(root), "train")
+    train = sources.open_source(folder_config(root, folder_cache="never"), "train")
     path = root / "train" / "cat" / "001.png"
     path.write_bytes(b"broken later")
     with pytest.raises(folders.CorruptImageError, match=f"cannot read image file {path}"):
@@ -152,3 +152,83 @@ def test_train_fraction_on_a_folder_dataset(root):
     ids = data.train_example_ids(config)
     assert len(ids) == 6 and data.dataset_info(config).num_train_examples == 6
     np.testing.assert_array_equal(np.bincount(np.repeat([0, 1, 2], 4)[ids]), [2, 2, 2])
+
+
+# --- decoded images kept in memory (data.folder_cache) -----------------------------------------
+
+TRAIN_BYTES = 12 * 20 * 16 * 3  # the root fixture's train split decoded: 12 images of 20 x 16
+
+
+def gib(num_bytes):
+    return num_bytes / 2**30
+
+
+def in_memory(root, **overrides):
+    return sources.open_source(folder_config(root, **overrides), "train").in_memory
+
+
+def write_noise_images(split_dir, per_class, classes=CLASSES):
+    """Random-noise images of varied sizes (PNG and JPEG): every image differs."""
+    rng = np.random.default_rng(0)
+    for name in classes:
+        os.makedirs(os.path.join(split_dir, name), exist_ok=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, (8 + i, 10 + 2 * i, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(
+                os.path.join(split_dir, name, f"{i:03d}.{'png' if i % 2 else 'jpg'}")
+            )
+
+
+@pytest.mark.parametrize("native_size", [False, True])
+def test_images_kept_in_memory_are_the_records_read_from_files(tmp_path, native_size):
+    write_noise_images(tmp_path / "train", per_class=6)
+    held_out = dict(eval_split="validation", folder_validation_fraction=0.5)
+    for split in ("train", "validation"):
+        cached = sources.open_source(folder_config(tmp_path, **held_out), split,
+                                     native_size=native_size)
+        files = sources.open_source(folder_config(tmp_path, **held_out, folder_cache="never"),
+                                    split, native_size=native_size)
+        assert cached.in_memory and not files.in_memory
+        assert len(cached) == len(files) == 9
+        for i in range(len(files)):
+            np.testing.assert_array_equal(cached[i]["image"], files[i]["image"])
+            assert cached[i]["label"] == files[i]["label"]
+
+
+def test_images_in_memory_need_no_file_after_the_scan(root):
+    train = sources.open_source(folder_config(root), "train")
+    for path in (root / "train").rglob("*.*"):
+        path.unlink()
+    assert train.in_memory
+    assert [train[i]["label"] for i in range(len(train))] == [0] * 4 + [1] * 4 + [2] * 4
+    assert not train[0]["image"].flags.writeable  # shared by every read: nobody may change it
+
+
+def test_folder_cache_switch(root):
+    assert data.default_data_config().folder_cache == "auto"
+    assert in_memory(root)  # 11 KiB: well under the default limit
+    assert in_memory(root, folder_cache="always", folder_cache_max_gib=0.0)
+    assert not in_memory(root, folder_cache="never")
+    with pytest.raises(ValueError, match=r"folder_cache='yes'; choose one of \('auto'"):
+        in_memory(root, folder_cache="yes")
+
+
+def test_auto_cache_respects_the_memory_limit_counting_each_worker(root):
+    assert in_memory(root, folder_cache_max_gib=gib(TRAIN_BYTES))
+    assert not in_memory(root, folder_cache_max_gib=gib(TRAIN_BYTES - 1))
+    # Each grain worker process holds its own copy: one worker doubles the memory.
+    assert not in_memory(root, folder_cache_max_gib=gib(2 * TRAIN_BYTES - 1), num_workers=1)
+    assert in_memory(root, folder_cache_max_gib=gib(2 * TRAIN_BYTES), num_workers=1)
+
+
+def test_cached_folder_reports_corrupt_files_as_the_file_check_does(root):
+    bad = root / "train" / "dog" / "002.jpg"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(folders.CorruptImageError, match=f"cannot read image file {bad}"):
+        sources.open_source(folder_config(root, folder_cache="always"), "train")
+    train = sources.open_source(
+        folder_config(root, folder_cache="always", folder_on_corrupt="skip"), "train"
+    )
+    assert train.in_memory and len(train) == 11 and train.skipped == (str(bad),)
+    np.testing.assert_array_equal(train.labels(), [0] * 4 + [1] * 3 + [2] * 4)
+    assert [label_of(train[i]["image"]) for i in range(11)] == train.labels().tolist()

@@ -18,6 +18,12 @@ decodes): a corrupt or unreadable file is an error naming it before training sta
 `folder_on_corrupt='skip'`, is left out and counted. That check costs one decode of every
 image (JPEGs at 1/8 scale): about 1,000 photos of 500 x 375 px per second per core, so minutes
 for 100,000 images; for ImageNet-sized folders prefer a TFDS dataset (array_record).
+
+Small folders are kept in memory (`folder_cache`): the check then decodes every image at full
+resolution and keeps the uint8 arrays, so training reads no file and decodes nothing (CIFAR-10's
+50,000 JPEGs: 150 MB). 'auto' does so when the decoded images, one copy per process (the main
+one and each grain worker), fit in `folder_cache_max_gib`; the image headers give that size
+before anything is decoded.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from prs_jax.data import sources, subsets
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 ON_CORRUPT = ("raise", "skip")
+FOLDER_CACHE = ("auto", "always", "never")
 VALIDATION_SEED = 0  # the held-out part of train is fixed: it must not move with subset_seed
 _CHECK_THREADS = min(32, 4 * (os.cpu_count() or 1))
 
@@ -53,15 +60,21 @@ class FolderSplit:
     labels: np.ndarray  # int64[len(paths)]
     class_names: tuple[str, ...]
     skipped: tuple[str, ...] = ()
+    # The decoded images, uint8[H, W, 3] (read-only) each, parallel to paths; None: read files.
+    images: tuple[np.ndarray, ...] | None = None
 
 
 def read_image(path: str) -> np.ndarray:
     """uint8[H, W, 3] of an image file (grayscale, palette and alpha images become RGB)."""
     try:
         with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
+            return _rgb(image)
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise CorruptImageError(f"cannot read image file {path}: {e}") from None
+
+
+def _rgb(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"))  # a read-only copy of the decoded pixels
 
 
 def _class_folders(split_dir: str) -> dict[str, list[str]]:
@@ -87,12 +100,29 @@ def _split_dir(root: str, split: str, field: str) -> str:
     return split_dir
 
 
-def _unreadable(paths: list[str]) -> dict[str, str]:
-    """path -> error for each file that does not decode (all decoded in threads)."""
+def _decoded_bytes(paths: list[str]) -> int:
+    """Bytes of all the images decoded to uint8 RGB, from their headers (nothing is decoded)."""
 
-    def check(path: str) -> str | None:
+    def size(path: str) -> int:
         try:
             with Image.open(path) as image:
+                return 3 * image.width * image.height
+        except (OSError, ValueError, Image.DecompressionBombError):
+            return 0  # unreadable: the decoding pass reports it
+
+    with concurrent.futures.ThreadPoolExecutor(_CHECK_THREADS) as pool:
+        return sum(pool.map(size, paths))
+
+
+def _decode_all(paths: list[str], keep: bool) -> tuple[list[np.ndarray | None], dict[str, str]]:
+    """(each image's array if `keep` else None, path -> error for each file that does not
+    decode); all decoded in threads."""
+
+    def check(path: str) -> np.ndarray | str | None:
+        try:
+            with Image.open(path) as image:
+                if keep:
+                    return _rgb(image)
                 # JPEGs decode at 1/8 scale (DCT scaling), which still reads every byte of the
                 # entropy-coded data: a truncated file fails here, in about half the time.
                 image.draft(image.mode, (image.width // 8, image.height // 8))
@@ -102,13 +132,20 @@ def _unreadable(paths: list[str]) -> dict[str, str]:
         return None
 
     with concurrent.futures.ThreadPoolExecutor(_CHECK_THREADS) as pool:
-        errors = list(pool.map(check, paths))
-    return {path: error for path, error in zip(paths, errors) if error is not None}
+        results = list(pool.map(check, paths))
+    errors = {path: r for path, r in zip(paths, results) if isinstance(r, str)}
+    return [r if isinstance(r, np.ndarray) else None for r in results], errors
 
 
 @functools.lru_cache(maxsize=32)
-def scan_split(root: str, split: str, field: str, on_corrupt: str) -> FolderSplit:
-    """Every image of ROOT/split with its class index; unreadable files raise or are skipped."""
+def scan_split(
+    root: str, split: str, field: str, on_corrupt: str, cache_max_bytes: float = 0.0
+) -> FolderSplit:
+    """Every image of ROOT/split with its class index; unreadable files raise or are skipped.
+
+    The decoded images are kept (FolderSplit.images) when they take at most cache_max_bytes
+    (0: never; inf: always).
+    """
     if on_corrupt not in ON_CORRUPT:
         raise ValueError(
             f"config.data.folder_on_corrupt={on_corrupt!r}; choose one of {ON_CORRUPT}"
@@ -128,7 +165,16 @@ def scan_split(root: str, split: str, field: str, on_corrupt: str) -> FolderSpli
     labels = np.concatenate(
         [np.full(len(ps), c, np.int64) for c, ps in enumerate(classes.values())]
     )
-    bad = _unreadable(paths)
+    keep_images = cache_max_bytes == float("inf")
+    if 0 < cache_max_bytes < float("inf"):
+        decoded = _decoded_bytes(paths)
+        keep_images = decoded <= cache_max_bytes
+        logging.info(
+            "%s: %.2f GiB of decoded images; %s (data.folder_cache_max_gib).",
+            os.path.join(root, split), decoded / 2**30,
+            "keeping them in memory" if keep_images else "reading the files while training",
+        )
+    images, bad = _decode_all(paths, keep_images)
     if bad and on_corrupt == "raise":
         first = next(iter(bad))
         raise CorruptImageError(
@@ -147,7 +193,22 @@ def scan_split(root: str, split: str, field: str, on_corrupt: str) -> FolderSpli
         labels=labels[keep],
         class_names=tuple(classes),
         skipped=tuple(bad),
+        images=tuple(im for im, k in zip(images, keep) if k) if keep_images else None,
     )
+
+
+def cache_max_bytes(data_config: ml_collections.ConfigDict) -> float:
+    """The `scan_split` limit for the config's folder_cache: per process, so that the copies
+    in the main process and in each grain worker together fit in folder_cache_max_gib."""
+    mode = data_config.get("folder_cache", "auto")
+    if mode not in FOLDER_CACHE:
+        raise ValueError(f"config.data.folder_cache={mode!r}; choose one of {FOLDER_CACHE}")
+    if mode == "never":
+        return 0.0
+    if mode == "always":
+        return float("inf")
+    processes = 1 + data_config.get("num_workers", 0)
+    return data_config.get("folder_cache_max_gib", 4.0) * 2**30 / processes
 
 
 def _check_same_classes(train: FolderSplit, other: FolderSplit, root: str, split: str,
@@ -180,12 +241,13 @@ def folder_split(data_config: ml_collections.ConfigDict, split: str) -> FolderSp
             f"split {split!r} is neither data.train_split={train_split!r} nor"
             f" data.eval_split={eval_split!r}"
         )
-    train = scan_split(root, train_split, "train_split", on_corrupt)
+    cache = cache_max_bytes(data_config)
+    train = scan_split(root, train_split, "train_split", on_corrupt, cache)
     fraction = data_config.get("folder_validation_fraction", 0.0)
     if not fraction:
         if split == train_split:
             return train
-        other = scan_split(root, eval_split, "eval_split", on_corrupt)
+        other = scan_split(root, eval_split, "eval_split", on_corrupt, cache)
         _check_same_classes(train, other, root, eval_split, train_split)
         return other
 
@@ -204,6 +266,9 @@ def folder_split(data_config: ml_collections.ConfigDict, split: str) -> FolderSp
         train,
         paths=tuple(p for p, k in zip(train.paths, keep) if k),
         labels=train.labels[keep],
+        images=None if train.images is None else tuple(
+            im for im, k in zip(train.images, keep) if k
+        ),
     )
 
 
@@ -218,7 +283,10 @@ class ImageFolderSource:
         return len(self._split.paths)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        image = read_image(self._split.paths[index])
+        if self._split.images is None:
+            image = read_image(self._split.paths[index])
+        else:
+            image = self._split.images[index]
         return {
             "image": sources.to_rgb_uint8(image, self._image_size),
             "label": int(self._split.labels[index]),
@@ -232,8 +300,17 @@ class ImageFolderSource:
         """The unreadable files left out of this split (folder_on_corrupt='skip')."""
         return self._split.skipped
 
+    @property
+    def in_memory(self) -> bool:
+        """Whether the decoded images are kept in memory (config.data.folder_cache)."""
+        return self._split.images is not None
+
     def __repr__(self) -> str:
-        return f"ImageFolderSource({len(self)} images, {len(self._split.class_names)} classes)"
+        where = "decoded in memory" if self.in_memory else "read from files"
+        return (
+            f"ImageFolderSource({len(self)} images, {len(self._split.class_names)} classes,"
+            f" {where})"
+        )
 
 
 def _open_folder_split(

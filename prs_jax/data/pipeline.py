@@ -87,6 +87,11 @@ def default_data_config() -> ml_collections.ConfigDict:
     config.randaugment_magnitude_std = 0.0  # timm "mstd" (DeiT: 0.5)
     config.randaugment_increasing = False  # timm "inc1" op variants (DeiT: True)
     config.random_erasing_prob = 0.25  # timm RandomErasing, mode 'pixel', after normalisation
+    # image_folder: keep the decoded images in memory, decoded once when the folder is scanned
+    # (prs_jax.data.folders). 'auto': when they fit in folder_cache_max_gib, counting one copy
+    # per process (the main one and each grain worker) | 'always' | 'never' (decode each read).
+    config.folder_cache = "auto"
+    config.folder_cache_max_gib = 4.0
     # Host parallelism: grain worker processes (0 = in-process, threads only; the test default).
     # Keep it fixed across a resume: the iterator state records the worker layout.
     config.num_workers = 0
