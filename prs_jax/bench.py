@@ -9,8 +9,11 @@ prints:
     every layer switch of the schedule (one is the design: the schedule is traced);
   - model FLOPs per image (XLA's cost analysis of the whole step) and the FLOP rate achieved
     as a fraction of a matmul rate measured in the same process, in the same rounds;
-  - eval images/s, and the input pipeline's images/s on its own (host augmentation, with
-    mocked records when the dataset is not on disk);
+  - eval images/s; the configured train iterator's images/s on its own (reading, host
+    augmentation, prefetch threads; the configured source where it is on disk, else records
+    mocked by tfds.testing.mock_data); and "end to end": that iterator feeding the step as
+    train.py's loop does (next batch -> to_global -> jitted step), as a fraction of the step
+    alone in the same rounds (--end_to_end_steps);
   - peak host memory (RSS) and device memory (the allocator's peak where the backend has one;
     XLA's planned argument + temporary + output bytes of the step everywhere), and the host
     page faults of each contender's round (fresh memory the kernel zero-fills: on CPU they
@@ -30,8 +33,8 @@ every contender alike; the same step also serves both phases (the step counter i
 step of each phase), so the phase comparison needs no second compilation.
 
 The step is `train.make_train_step` with the config's full recipe: mixup/cutmix and label
-smoothing on device, stochastic depth, AdamW with clipping. Inputs are random device batches,
-so the data pipeline is timed on its own.
+smoothing on device, stochastic depth, AdamW with clipping. Its inputs are random device
+batches, except in the end-to-end lines.
 
 --vs-timm needs torch and timm beside the project (PyTorch's CPU wheel; timm with --no-deps plus
 pyyaml, huggingface_hub and safetensors). timm imports torchvision in helpers a ViT never runs;
@@ -68,6 +71,7 @@ import pathlib
 import platform
 import resource
 import tempfile
+import threading
 import time
 import types
 from collections.abc import Callable, Iterator
@@ -85,7 +89,7 @@ from ml_collections import config_flags
 from prs_jax import (
     config_lib, cpu_devices, data, models, op_profile, optimizer, schedule, train,
 )
-from prs_jax.data import sources
+from prs_jax.data import sources, subsets
 from prs_jax.models.reference import reference_of
 
 _DEFAULT_CONFIG = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "cifar100.py")
@@ -98,7 +102,13 @@ flags.DEFINE_bool("vs-timm", False, "Also time timm's model of the same configur
 flags.DEFINE_integer(
     "matmul_size", 0, "n of the n^3 matmul whose rate is the yardstick (0: 2048 on CPU, else 8192)."
 )
-flags.DEFINE_integer("input_batches", 16, "Batches timed for the input pipeline (0 skips it).")
+flags.DEFINE_integer(
+    "input_batches", 16, "Batches per round timed for the input pipeline alone (0 skips it)."
+)
+flags.DEFINE_integer(
+    "end_to_end_steps", 8,
+    "Train steps per round fed by the configured train iterator, as in train.py (0 skips it).",
+)
 flags.DEFINE_float(
     "peak_tflops", 0.0,
     "The devices' datasheet peak TFLOP/s for the compute dtype, all devices together (e.g. 989"
@@ -122,6 +132,9 @@ flags.DEFINE_string(
 
 # Sizes of datasets the benchmark need not open (opening CIFAR-100 would download it).
 KNOWN_TRAIN_EXAMPLES = {"cifar100": 50_000, "imagenet2012": 1_281_167}
+# Batches (or steps) read before an input timing starts: the prefetch threads start, and the step
+# runs with the buffer at its steady level.
+INPUT_WARMUP = 2
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 TRACE_EVENTS = (
     "/jax/core/compile/jaxpr_trace_duration",
@@ -405,37 +418,87 @@ def matmul_runner(size: int, dtype: Any) -> tuple[Callable[[], float], float]:
     return run, 2.0 * count * size**3
 
 
-def input_pipeline_rate(config: ml_collections.ConfigDict, num_batches: int) -> tuple[float, str]:
-    """Images/s of the train iterator alone (host augmentation), and what data it read."""
+def input_data(config: ml_collections.ConfigDict) -> tuple[contextlib.AbstractContextManager, str]:
+    """(a context for reading the configured train split, what is read): the configured source
+    where it is on disk, else records mocked by tfds.testing.mock_data (random images)."""
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
-    def measure() -> float:
-        iterator = data.create_train_iterator(
-            config.data,
-            global_batch_size=config.batch_size,
-            seed=0,
-            process_index=0,
-            process_count=1,
-        )
-        for _ in range(4):  # start the reader threads and drain the prefetch buffer
-            next(iterator)
-        start = time.perf_counter()
-        for _ in range(num_batches):
-            next(iterator)
-        return num_batches * config.batch_size / (time.perf_counter() - start)
-
     name = config.data.name
+    if name == sources.FOLDER_DATASET:
+        return contextlib.nullcontext(), repr(subsets.train_source(config.data))
     if name in data.DATASETS and name != "cifar100":
-        return measure(), f"{name} (local)"
+        return contextlib.nullcontext(), f"{name} (local)"
     try:
         prepared = tfds.builder(name, data_dir=config.data.get("data_dir")).is_prepared()
     except Exception:  # pylint: disable=broad-except
         prepared = False
     if prepared:
-        return measure(), f"{name} (TFDS on disk)"
-    examples = max(4 * config.batch_size, (num_batches + 8) * config.batch_size)
-    with tfds.testing.mock_data(num_examples=examples, policy=tfds.testing.MockPolicy.USE_CODE):
-        return measure(), f"{name} mocked by tfds.testing.mock_data (random images)"
+        return contextlib.nullcontext(), f"{name} (TFDS on disk)"
+    mock = tfds.testing.mock_data(
+        num_examples=4 * config.batch_size, policy=tfds.testing.MockPolicy.USE_CODE
+    )
+    return mock, f"{name} mocked by tfds.testing.mock_data (random images)"
+
+
+def _train_batches(
+    config: ml_collections.ConfigDict, warmup: int, num_batches: int
+) -> Iterator[dict[str, np.ndarray]]:
+    """This process's train batches as train.py reads them, from a fresh iterator that is closed
+    afterwards, so that no prefetch thread works while another contender is timed."""
+    iterator = data.create_train_iterator(
+        config.data,
+        global_batch_size=config.batch_size,
+        seed=config.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    try:
+        for _ in range(warmup + num_batches):
+            yield next(iterator)
+    finally:
+        if hasattr(iterator, "close"):  # grain >= 0.2.14
+            iterator.close()
+        # close() cancels the queued batches but lets the running ones finish: wait for them.
+        for thread in threading.enumerate():
+            if thread.name.startswith("grain-prefetch"):
+                thread.join()
+
+
+def input_runner(config: ml_collections.ConfigDict, num_batches: int) -> Callable[[], float]:
+    """A callable that reads `num_batches` train batches (host augmentation, prefetch threads,
+    after INPUT_WARMUP batches) and returns seconds per batch."""
+
+    def run() -> float:
+        batches = _train_batches(config, INPUT_WARMUP, num_batches)
+        for _ in range(INPUT_WARMUP):
+            next(batches)
+        start = time.perf_counter()
+        for _ in batches:
+            pass
+        return (time.perf_counter() - start) / num_batches
+
+    return run
+
+
+def end_to_end_runner(
+    setup: StepSetup, config: ml_collections.ConfigDict, step: int, num_steps: int
+) -> Callable[[], float]:
+    """A callable that runs `num_steps` train steps from `step` on the real train iterator's
+    batches, as train.py's loop does (next batch -> to_global -> jitted step, dispatched
+    asynchronously), after INPUT_WARMUP steps; returns seconds per step."""
+    sharding = setup.batch["label"].sharding
+
+    def run() -> float:
+        at_step(setup, step)
+        for i, batch in enumerate(_train_batches(config, INPUT_WARMUP, num_steps)):
+            if i == INPUT_WARMUP:
+                jax.block_until_ready(setup.state)
+                start = time.perf_counter()
+            setup.state, metrics = setup.step_fn(setup.state, train.to_global(batch, sharding))
+        jax.block_until_ready((setup.state, metrics))
+        return (time.perf_counter() - start) / num_steps
+
+    return run
 
 
 # --------------------------------------------------------------------------------------------
@@ -657,7 +720,7 @@ def main(argv: list[str]) -> None:
     train_examples = num_train_examples(config, FLAGS.num_train_examples)
     setup = build_step(config, model, num_classes, train_examples)
     print("model: " + describe(config, model, models.count_params(setup.state.params)))
-    print("inputs: random device batches (the input pipeline is timed on its own below)")
+    print("inputs: random device batches, except for the input pipeline's own lines below")
     with compile_events("train_step") as compiles:
         start = time.perf_counter()
         setup.step_fn.lower(setup.state, setup.batch).compile()
@@ -690,12 +753,30 @@ def main(argv: list[str]) -> None:
             run, timm_note = timm_runner(config, num_classes, FLAGS.steps)
             add("timm", run, config.batch_size)
     add("eval", eval_runner(setup, FLAGS.steps), config.eval_batch_size)
+    # The configured train iterator alone, and feeding the step as train.py's loop does.
+    inputs = contextlib.ExitStack()
+    input_note = None
+    if FLAGS.input_batches or FLAGS.end_to_end_steps:
+        try:
+            reading, source = input_data(config)
+            inputs.enter_context(reading)
+            input_note = f"{source}, {config.data.num_workers} workers"
+            if FLAGS.input_batches:
+                run = input_runner(config, FLAGS.input_batches)
+                add("input pipeline alone", run, config.batch_size // jax.process_count())
+            for phase, step in phases.items():
+                if step is not None and FLAGS.end_to_end_steps:
+                    run = end_to_end_runner(setup, config, step, FLAGS.end_to_end_steps)
+                    add(f"end to end, {phase} phase", run, config.batch_size)
+        except Exception as error:  # pylint: disable=broad-except  # report it, keep the rest
+            input_note = f"failed: {type(error).__name__}: {error}"
     size = FLAGS.matmul_size or (2048 if jax.default_backend() == "cpu" else 8192)
     matmul, matmul_flops = matmul_runner(size, jnp.dtype(config.model.dtype))
     contenders["matmul"] = matmul
     timings["matmul"] = Timing("matmul", 1)
 
-    seconds, faults = race(contenders, FLAGS.repeats)
+    with inputs:
+        seconds, faults = race(contenders, FLAGS.repeats)
     for name in contenders:
         timings[name].seconds = seconds[name]
 
@@ -723,6 +804,9 @@ def main(argv: list[str]) -> None:
                      " matmul rate")
             if FLAGS.peak_tflops:
                 extra += f", MFU {achieved / (FLAGS.peak_tflops * 1e12):.1%} of the stated peak"
+        elif name.startswith("end to end"):
+            alone = timings[name.replace("end to end", "ours")].median_seconds()
+            extra = f"  {alone / timing.median_seconds():.0%} of the step alone"
         print(f"  {name:32s}{timing.line()}  faults {int(np.median(faults[name]))}{extra}")
     attention, conv = timings.get("ours, attention phase"), timings.get("ours, conv phase")
     if attention and conv:
@@ -736,15 +820,10 @@ def main(argv: list[str]) -> None:
                   f" phase; conv phase {(conv or headline).images_per_s()[0] / theirs:.2f}x)")
     if timm_note:
         print(f"timm: {timm_note}")
+    if input_note:
+        print(f"input pipeline: {input_note}")
     print(f"load average at the end: {_load()}")
 
-    if FLAGS.input_batches:
-        try:
-            rate, source = input_pipeline_rate(config, FLAGS.input_batches)
-            print(f"\ninput pipeline alone: {rate:.0f} img/s ({source},"
-                  f" {config.data.num_workers} workers)")
-        except Exception as error:  # pylint: disable=broad-except  # report it, keep the rest
-            print(f"\ninput pipeline alone: failed: {type(error).__name__}: {error}")
     if FLAGS.profile:
         for phase, step in phases.items():
             if step is not None:

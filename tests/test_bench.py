@@ -5,9 +5,12 @@ import platform
 import re
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
+
+from PIL import Image
 
 from prs_jax import bench, config_lib
 
@@ -55,6 +58,32 @@ def test_flop_count_covers_forward_and_backward(setup):
     # A train step is a forward and a backward pass (about 3 forward passes at full size; this
     # tiny model's softmaxes and optimizer update weigh more).
     assert per_image_eval > 0 and 1.5 < per_image_train / per_image_eval < 4.5
+
+
+def folder_config(config, root, num_images=10):
+    """`config` reading ROOT/train/<class i>/0.png, one random 16x16 image per class."""
+    rng = np.random.default_rng(0)
+    for i in range(num_images):
+        (root / "train" / f"c{i}").mkdir(parents=True)
+        pixels = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / "train" / f"c{i}" / "0.png")
+    config = config.copy_and_resolve_references()
+    config.data.update(name="image_folder", folder_root=str(root), randaugment_num_ops=0)
+    return config
+
+
+def test_end_to_end_feeds_the_step_from_the_configured_folder_and_stops_its_threads(setup,
+                                                                                   tmp_path):
+    config, step_setup = setup
+    config = folder_config(config, tmp_path)
+    reading, source = bench.input_data(config)
+    assert source == "ImageFolderSource(10 images, 10 classes, decoded in memory)"
+    with reading:
+        run = bench.end_to_end_runner(step_setup, config, step=3, num_steps=2)
+        assert run() > 0
+    # Warm-up and timed steps all ran on the iterator's batches, from step 3.
+    assert int(step_setup.state.step) == 3 + bench.INPUT_WARMUP + 2
+    assert not [t for t in threading.enumerate() if t.name.startswith("grain")]
 
 
 def test_timing_summary_is_median_min_max_of_images_per_second():
@@ -123,7 +152,8 @@ def test_reused_host_memory_is_not_faulted_in_again():
 def test_the_command_line_reports_one_compilation_and_both_phases(tmp_path):
     """`python -m prs_jax.bench` end to end on the digits config (local data, a tiny model)."""
     command = [sys.executable, "-m", "prs_jax.bench", "--config", "configs/digits.py",
-               "--repeats", "1", "--steps", "1", "--input_batches", "2", "--matmul_size", "128",
+               "--repeats", "1", "--steps", "1", "--input_batches", "2",
+               "--end_to_end_steps", "1", "--matmul_size", "128",
                "--profile", "--profile_dir", str(tmp_path)]
     report = subprocess.run(command, check=True, capture_output=True, text=True,
                             cwd=bench.pathlib.Path(bench.__file__).parents[1]).stdout
@@ -133,9 +163,14 @@ def test_the_command_line_reports_one_compilation_and_both_phases(tmp_path):
     flops = re.search(r"train step ([0-9.]+) GFLOP, eval ([0-9.]+) GFLOP", report)
     assert float(flops[1]) > float(flops[2]) > 0  # forward and backward > forward
     for line in ("ours, attention phase", "ours, conv phase", "baseline (straightforward Flax)",
-                 "conv phase / self-attention phase step time:", "input pipeline alone:",
-                 "digits (local)"):
+                 "conv phase / self-attention phase step time:",
+                 "input pipeline: digits (local), 0 workers"):
         assert line in report
+    # The train iterator alone, and feeding the step as train.py does, beside the step alone.
+    assert re.search(r"^  input pipeline alone +[\d.]+ img/s", report, re.MULTILINE), report
+    for phase in ("attention", "conv"):
+        line = rf"^  end to end, {phase} phase +[\d.]+ img/s .* (\d+)% of the step alone$"
+        assert (found := re.search(line, report, re.MULTILINE)) and int(found[1]) > 0, report
     # --profile: each phase's device time by kind, and its trace kept for XProf.
     for phase in ("attention", "conv"):
         section = report.split(f"profile, {phase} phase")[1]
