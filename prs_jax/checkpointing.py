@@ -10,14 +10,18 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import flax.linen as nn
+import grain
 from absl import logging
 from etils import epath
-import grain
 import jax
+import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as preservation
 from orbax.checkpoint.checkpoint_managers import save_decision_policy as save_decision
+
+from prs_jax import data
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -143,7 +147,11 @@ def latest_config(manager: ocp.CheckpointManager) -> dict[str, Any] | None:
 
 
 def restore_config(workdir: str, step: int | None = None) -> ml_collections.ConfigDict:
-    """The resolved config saved with a run's checkpoint (the latest one by default)."""
+    """The resolved config saved with a run's checkpoint (the latest one by default).
+
+    Its `data` section is laid over today's data defaults, so a run saved before a data field
+    existed still loads (each default keeps the earlier behaviour).
+    """
     with ocp.CheckpointManager(
         checkpoint_dir(workdir),
         item_names=("state", "data", "config"),
@@ -153,9 +161,66 @@ def restore_config(workdir: str, step: int | None = None) -> ml_collections.Conf
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {workdir}/{CHECKPOINT_DIR}")
         restored = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-    return ml_collections.ConfigDict(restored.config)
+    config = ml_collections.ConfigDict(restored.config)
+    if "data" in config:
+        saved_data, config.data = config.data, data.default_data_config()
+        config.data.update(saved_data)
+    return config
 
 
 def abstract_like(tree: Any, sharding: jax.sharding.Sharding) -> Any:
     """ShapeDtypeStructs with `sharding`, to restore arrays directly onto the mesh."""
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+def restore_variables(
+    workdir: str, model: nn.Module, image_size: int, step: int
+) -> tuple[dict[str, Any], int]:
+    """({'params', 'batch_stats'?}, step) from a run's checkpoint; optimizer state is not read.
+
+    An orbax partial restore of the 'state' item (saved by save() as a StandardSave of
+    train.TrainState) onto one device.
+    """
+    abstract = jax.eval_shape(
+        lambda: model.init(
+            jax.random.key(0),
+            jnp.zeros((1, image_size, image_size, 3), jnp.float32),
+            jnp.ones((model.num_gpsa_layers,), jnp.float32),
+            train=False,
+        )
+    )
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    item = {
+        "step": jax.ShapeDtypeStruct((), jnp.int32),
+        "params": abstract["params"],
+        "batch_stats": abstract.get("batch_stats", {}),
+    }
+    item = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), item)
+    with ocp.CheckpointManager(
+        checkpoint_dir(workdir),
+        item_names=("state",),
+        item_handlers={"state": ocp.PyTreeCheckpointHandler()},
+        options=ocp.CheckpointManagerOptions(read_only=True),
+    ) as manager:
+        restored = manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(
+                    item=item,
+                    restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+                    partial_restore=True,
+                )
+            ),
+        ).state
+    variables = {"params": restored["params"]}
+    if restored["batch_stats"]:
+        variables["batch_stats"] = restored["batch_stats"]
+    return variables, int(restored["step"])
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+    """The steps of the run's readable checkpoints (folders named by a number), ascending."""
+    directory = checkpoint_dir(workdir)  # local or gs://
+    if not directory.is_dir():
+        return []
+    return sorted(int(path.name) for path in directory.iterdir() if path.name.isdigit())

@@ -39,7 +39,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
@@ -277,59 +276,6 @@ def run_label(config: ml_collections.ConfigDict, workdir: str | None = None) -> 
     return text
 
 
-def restore_variables(
-    workdir: str, model: nn.Module, image_size: int, step: int
-) -> tuple[dict[str, Any], int]:
-    """({'params', 'batch_stats'?}, step) from a run's checkpoint; optimizer state is not read.
-
-    An orbax partial restore of the 'state' item (saved by checkpointing.save as a StandardSave of
-    train.TrainState) onto one device.
-    """
-    abstract = jax.eval_shape(
-        lambda: model.init(
-            jax.random.key(0),
-            jnp.zeros((1, image_size, image_size, 3), jnp.float32),
-            jnp.ones((model.num_gpsa_layers,), jnp.float32),
-            train=False,
-        )
-    )
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    item = {
-        "step": jax.ShapeDtypeStruct((), jnp.int32),
-        "params": abstract["params"],
-        "batch_stats": abstract.get("batch_stats", {}),
-    }
-    item = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), item)
-    with ocp.CheckpointManager(
-        checkpointing.checkpoint_dir(workdir),
-        item_names=("state",),
-        item_handlers={"state": ocp.PyTreeCheckpointHandler()},
-        options=ocp.CheckpointManagerOptions(read_only=True),
-    ) as manager:
-        restored = manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.PyTreeRestore(
-                    item=item,
-                    restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-                    partial_restore=True,
-                )
-            ),
-        ).state
-    variables = {"params": restored["params"]}
-    if restored["batch_stats"]:
-        variables["batch_stats"] = restored["batch_stats"]
-    return variables, int(restored["step"])
-
-
-def checkpoint_steps(workdir: str) -> list[int]:
-    """The steps of the run's readable checkpoints (folders named by a number), ascending."""
-    directory = checkpointing.checkpoint_dir(workdir)  # local or gs://
-    if not directory.is_dir():
-        return []
-    return sorted(int(path.name) for path in directory.iterdir() if path.name.isdigit())
-
-
 def analyse_run(
     workdir: str, step: int | None = None, *, num_images: int = 1024, batch_size: int = 64
 ) -> FourierResult:
@@ -338,17 +284,16 @@ def analyse_run(
     # Imported here: the train loop imports this module for its in-training spectra.
     from prs_jax import train  # pylint: disable=import-outside-toplevel
 
-    steps = checkpoint_steps(workdir)
+    steps = checkpointing.checkpoint_steps(workdir)
     if not steps:
         raise FileNotFoundError(f"no checkpoint in {workdir}/{checkpointing.CHECKPOINT_DIR}")
     step = steps[-1] if step is None else step
     if step not in steps:
         raise ValueError(f"no checkpoint at step {step} in {workdir}; there are {steps}")
     config = checkpointing.restore_config(workdir, step)
-    config.data = data_config_with_defaults(config.data)
     info = data.dataset_info(config.data)
     model = train.create_model(config, info.num_classes)
-    variables, step = restore_variables(workdir, model, config.data.image_size, step)
+    variables, step = checkpointing.restore_variables(workdir, model, config.data.image_size, step)
 
     training = schedule.training_steps(
         info.num_train_examples, config.batch_size, config.num_epochs,
@@ -380,15 +325,6 @@ def analyse_run(
         conv_strength=np.asarray(conv_strength_fn(max(step - 1, 0))),
         config_json=json.dumps(config.to_dict(), sort_keys=True),
     )
-
-
-def data_config_with_defaults(saved: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """A run's saved `config.data` over today's defaults, so a run saved before a field existed
-    still loads (the defaults keep earlier behaviour)."""
-    merged = data.default_data_config()
-    for key, value in saved.items():
-        merged[key] = value
-    return merged
 
 
 def accumulate_spectra(

@@ -204,7 +204,8 @@ def make_train_step(
 def make_eval_step(
     model: nn.Module, conv_strength_fn: Callable[[jax.Array], jax.Array]
 ) -> Callable[[TrainState, Batch], dict[str, jax.Array]]:
-    """(state, batch with mask) -> sums of correct, loss and count over the real examples."""
+    """(state, batch with mask) -> sums of correct (top-1 and top-5), loss and count over the
+    real examples."""
 
     def eval_step(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
         variables = {"params": state.params}
@@ -216,8 +217,13 @@ def make_eval_step(
         mask = batch["mask"].astype(jnp.float32)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
         correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+        # Top-5 (top-k with k = 5 or the number of classes, if fewer): the label is among the k
+        # highest logits.
+        _, top_k = jax.lax.top_k(logits, min(5, logits.shape[-1]))
+        correct_top5 = jnp.any(top_k == batch["label"][:, None], axis=-1).astype(jnp.float32)
         return {
             "correct": jnp.sum(correct * mask),
+            "correct_top5": jnp.sum(correct_top5 * mask),
             "loss": jnp.sum(loss * mask),
             "count": jnp.sum(mask),
         }
@@ -291,8 +297,8 @@ def evaluate(
     batches: Iterable[Mapping[str, np.ndarray]],
     sharding: NamedSharding,
 ) -> dict[str, float]:
-    """Exact accuracy and loss over a whole split (padding examples are masked out)."""
-    totals = {"correct": 0.0, "loss": 0.0, "count": 0.0}
+    """Exact top-1 and top-5 accuracy and loss over a whole split (padding is masked out)."""
+    totals = {"correct": 0.0, "correct_top5": 0.0, "loss": 0.0, "count": 0.0}
     for batch in batches:
         sums = jax.device_get(eval_step(state, to_global(batch, sharding)))
         for name in totals:
@@ -300,6 +306,7 @@ def evaluate(
     count = max(totals["count"], 1.0)
     return {
         "accuracy": totals["correct"] / count,
+        "top5_accuracy": totals["correct_top5"] / count,
         "loss": totals["loss"] / count,
         "num_examples": totals["count"],
     }
@@ -480,7 +487,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                 with report_progress.timed("eval"):
                     results = evaluate(eval_step, state, eval_batches(), data_sharding)
                 writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()})
-                logging.info("Step %d: eval accuracy %.4f.", step, results["accuracy"])
+                logging.info(
+                    "Step %d: eval top-1 %.4f, top-5 %.4f, loss %.4f on %d examples.", step,
+                    results["accuracy"], results["top5_accuracy"], results["loss"],
+                    results["num_examples"],
+                )
 
             if fourier_every_steps and (
                 step % fourier_every_steps == 0 or step == steps.total_steps

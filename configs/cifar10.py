@@ -1,0 +1,110 @@
+r"""CIFAR-10 image folders: a small PRS-ViT and its baselines on nested train subsets, sized for a
+2-core CPU, with the DeiT recipe. The data-scale study of README's "Results on real data".
+
+Data: ROOT/train/<class>/*.jpg, the 50,000 CIFAR-10 training images (no test split). A fixed,
+class-balanced 10% of them (500 per class; `folder_validation_fraction`) is the validation
+split: no run trains on it, and every reported number is on it. `fraction=r` trains on the
+nested, class-balanced subset r of the other 45,000 (subset_seed 0: every model and seed sees
+the same images at a ratio).
+
+  python -m prs_jax.main --config configs/cifar10.py:prs,fraction=0.1 --workdir ~/runs/c10_prs_10
+  python -m prs_jax.main --config configs/cifar10.py:deit,fraction=0.1,folder_root=/data/cifar10 \
+      --workdir ~/runs/c10_deit_10 --config.seed=1
+
+Budget: every run takes `steps` optimizer steps of batch 128 (default 600, 76,800 images),
+whatever the ratio, so every model and ratio gets the same compute and the same learning-rate
+and conv-strength schedules in fractions of the run; the ratio only changes how many distinct
+images those steps see (35 epochs at 5%, 1.7 at 100%). The schedules are in epochs of that run.
+
+Variants by argument (`configs/cifar10.py:VARIANT[,ARGS]`):
+  prs (default)  the ConViT below; GPSA layer l of 4 switches from convolution to
+                 self-attention at 1/2 - l/9 of the run (the shallowest at 1/2, the deepest at 1/6).
+  reversed       the same switch epochs, shallow layers first.
+  uniform        all 4 GPSA layers switch at 1/3 of the run (`switch=E` picks another epoch).
+  convit         ConViT: self-attention from the start, learned gates.
+  conv           never switches: a convolutional ViT.
+  deit           the DeiT twin: the same width, depth and heads, no GPSA layer.
+  resnet         ResNet-18 (CIFAR stem) at width 32: a train step costing about as much.
+  runlocal       a 2-minute check: 100 steps, evaluation on it at the end.
+Other arguments: `fraction=0.1`, `steps=600`, `switch=E` (uniform's switch epoch),
+`first=F,last=F` (the shallowest and deepest GPSA layers' switch points as fractions of the
+run, for any schedule variant), `ramp=F` (each layer's ramp from 1 to 0 as a fraction of the
+run; 0, the default, is a hard switch), `folder_root=DIR` (default ~/.cache/prs_jax/cifar10).
+
+Models: ConViT width 128, depth 6, 4 heads (head dim 32), the first 4 blocks GPSA, patch 4 on
+32 px (an 8 x 8 grid): 1.2M parameters; DeiT twin 1.2M; ResNet-18 at width 32 2.8M.
+
+Hardware: a 2-core AMD EPYC CPU (JAX 0.10.2, float32, one device per core). Time and measured
+top-1 per run: README, "Results on real data".
+"""
+
+import ml_collections
+
+from prs_jax import config_lib
+
+# CIFAR-10's train split: 10 classes of 5,000 images, of which VALIDATION_FRACTION are held out.
+CLASSES, IMAGES_PER_CLASS, VALIDATION_FRACTION = 10, 5000, 0.1
+VIT_SIZE = dict(hidden_size=128, num_heads=4, depth=6)
+NUM_GPSA_LAYERS = 4
+RESNET_WIDTH = 32
+
+
+def train_examples(fraction: float) -> int:
+    """Images of the `fraction` subset: round(r n_c) per class (prs_jax.data.subsets)."""
+    per_class = IMAGES_PER_CLASS - round(VALIDATION_FRACTION * IMAGES_PER_CLASS)
+    return CLASSES * round(fraction * per_class)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    arg = config_lib.parse_arg(
+        arg, variant="prs", runlocal=False, fraction=1.0, steps=600, switch=-1.0, ramp=0.0,
+        first=-1.0, last=-1.0, folder_root="~/.cache/prs_jax/cifar10",
+    )
+    if not 0.0 < arg.fraction <= 1.0:
+        raise ValueError(f"fraction={arg.fraction}; must be in (0, 1]")
+    if arg.steps <= 0:
+        raise ValueError(f"steps={arg.steps}; must be positive")
+    config = config_lib.base_config()
+    steps = 100 if arg.runlocal else arg.steps
+    batch_size = config.batch_size  # 128
+    steps_per_epoch = train_examples(arg.fraction) // batch_size
+    config.num_epochs = steps / steps_per_epoch
+
+    config.data.name = "image_folder"
+    config.data.folder_root = arg.folder_root
+    config.data.folder_validation_fraction = VALIDATION_FRACTION
+    config.data.eval_split = "validation"
+    config.data.train_fraction = arg.fraction
+    config.data.image_size = 32
+    # DeiT's RandAugment is timm's "rand-m9-mstd0.5-inc1"; the rest of the data recipe (pad-crop
+    # by 4, flip, random erasing 0.25) is the CIFAR-100 config's.
+    config.data.randaugment_magnitude_std = 0.5
+    config.data.randaugment_increasing = True
+
+    config.model.patch_size = 4
+    config_lib.select_variant(
+        config, arg.variant, vit="convit_tiny", switch=arg.switch,
+        resnets={"resnet": {"stem": "cifar", "dtype": "float32"}},
+    )
+    if arg.variant == "resnet":
+        config.model.name = "resnet18"
+        config.model.width = RESNET_WIDTH
+    else:
+        num_gpsa = 0 if arg.variant == "deit" else NUM_GPSA_LAYERS
+        config.model.update(**VIT_SIZE, num_gpsa_layers=num_gpsa)
+    if (arg.first >= 0) != (arg.last >= 0):
+        raise ValueError("give both first= and last= (switch fractions of the run), or neither")
+    if arg.first >= 0:
+        if arg.variant not in config_lib.SCHEDULE_VARIANTS:
+            raise ValueError(f"first=/last= set a GPSA schedule; variant {arg.variant!r} has none")
+        config.schedule.first_layer_switch_epoch = arg.first * config.num_epochs
+        config.schedule.last_layer_switch_epoch = arg.last * config.num_epochs
+    config.schedule.ramp_epochs = arg.ramp * config.num_epochs
+
+    # DeiT: 5 warmup epochs of 300; the same share of this run.
+    config.optimizer.warmup_epochs = config.num_epochs * 5 / 300
+    config.log_every_steps = 25
+    config.eval_every_epochs = config.num_epochs / 4
+    config.checkpoint_every_steps = 250
+    config.keep_checkpoints = 1
+    return config
