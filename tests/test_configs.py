@@ -3,19 +3,24 @@
 import importlib.util
 import pathlib
 
+import numpy as np
 import pytest
 
-from prs_jax import config_lib, models
+from prs_jax import config_lib, models, schedule
 from prs_jax import optimizer, validation
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
 
-def load(name):
+def load_module(name):
     spec = importlib.util.spec_from_file_location(name, CONFIG_DIR / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config
+    return module
+
+
+def load(name):
+    return load_module(name).get_config
 
 
 @pytest.mark.parametrize(
@@ -267,3 +272,61 @@ def test_a_run_saved_before_the_placeholders_resumes():
     new = load("cifar100")("prs").to_dict()
     saved = {**new, "model": config_lib.model_overrides(new["model"]) | {"name": "convit_tiny"}}
     assert validation.resume_differences(saved, new) == ([], [])
+
+
+@pytest.mark.parametrize("fraction", [0.05, 0.1, 0.25, 0.5, 1.0])
+def test_cifar10_runs_take_the_same_number_of_steps_at_every_ratio(fraction):
+    from prs_jax.data import subsets
+
+    # CIFAR-10's train folders: 10 classes of 5,000; a balanced 10% is held out for validation.
+    labels = np.repeat(np.arange(10), 5000)
+    held_out = np.zeros(labels.size, bool)
+    held_out[subsets.class_balanced_subset(labels, 0.1, 0)] = True
+    train_labels = labels[~held_out]
+    num_train = len(subsets.class_balanced_subset(train_labels, fraction, 0))
+    module = load_module("cifar10")
+    assert module.train_examples(fraction) == num_train
+
+    config = module.get_config(f"prs,fraction={fraction},steps=600")
+    steps = schedule.training_steps(num_train, config.batch_size, config.num_epochs,
+                                    config.optimizer.warmup_epochs)
+    assert steps.total_steps == 600
+    assert config.data.train_fraction == fraction
+    assert config.data.folder_validation_fraction == 0.1
+    # PRS: the shallowest GPSA layer switches at half the run, the deepest at a sixth.
+    assert config.schedule.first_layer_switch_epoch == pytest.approx(config.num_epochs / 2)
+    assert config.schedule.last_layer_switch_epoch == pytest.approx(config.num_epochs / 6)
+
+
+def test_cifar10_models_are_a_convit_its_deit_twin_and_a_narrow_resnet():
+    get_config = load("cifar10")
+    convit, deit, resnet = (get_config(v) for v in ("convit", "deit", "resnet"))
+    assert convit.model.num_gpsa_layers == 4 and deit.model.num_gpsa_layers == 0
+    for field in ("hidden_size", "depth", "num_heads", "patch_size"):
+        assert convit.model[field] == deit.model[field]
+    assert resnet.model.name == "resnet18" and resnet.model.width == 32
+    ablation = get_config("prs,first=0.4,last=0.2,ramp=0.1")
+    assert ablation.schedule.first_layer_switch_epoch == pytest.approx(0.4 * ablation.num_epochs)
+    assert ablation.schedule.ramp_epochs == pytest.approx(0.1 * ablation.num_epochs)
+    with pytest.raises(ValueError, match="give both first= and last="):
+        get_config("prs,first=0.4")
+    with pytest.raises(ValueError, match="variant 'deit' has none"):
+        get_config("deit,first=0.4,last=0.2")
+
+
+def test_cifar10_sweep_covers_every_model_and_ratio_with_two_seeds_where_data_is_small():
+    from prs_jax import sweep
+
+    runs = sweep.load_sweep("configs/sweeps/cifar10_ratios.py")
+    assert len(runs) == 35 and len({r.name for r in runs}) == 35
+    seeds = {}
+    for run in runs:
+        config = sweep.load_config(run.config, run.overrides)
+        key = (config.model.name, config.model.get("num_gpsa_layers"),
+               config.schedule.first_layer_switch_epoch / config.num_epochs,
+               config.data.train_fraction)
+        seeds.setdefault(key, set()).add(config.seed)
+    assert len(seeds) == 25  # 5 models x 5 ratios
+    assert all(s == ({0, 1} if key[-1] <= 0.1 else {0}) for key, s in seeds.items())
+    # The small-data comparison comes first, so a sweep cut short still answers it.
+    assert all("data010_seed0" in r.name for r in runs[:5])
