@@ -18,6 +18,7 @@ import argparse
 import csv
 import json
 import os
+import statistics
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -27,7 +28,7 @@ from prs_jax import metrics
 ACCURACY = "eval/accuracy"
 COLUMNS = (
     "run", "dataset", "model", "schedule", "train_fraction", "conv_epochs", "num_epochs",
-    "steps", "final_accuracy", "best_accuracy", "best_step",
+    "steps", "final_accuracy", "best_accuracy", "best_step", "seed", "wall_time_s",
 )
 # Schedules with one switch epoch for every layer: one line on the conv-epochs plot.
 UNIFORM_FAMILY = ("convit", "uniform", "conv")
@@ -78,6 +79,10 @@ def read_run(workdir: str) -> dict[str, Any]:
         "final_accuracy": evals[-1][1] if evals else None,
         "best_accuracy": None,
         "best_step": None,
+        "seed": config.get("seed"),
+        # clu's ReportProgress logs the process's uptime with its steps/s: the run's wall time
+        # (of its last process, for a resumed run).
+        "wall_time_s": max((r["uptime"] for r in records if "uptime" in r), default=None),
     }
     if evals:
         best_step, best = max(evals, key=lambda e: (e[1], -e[0]))  # earliest of equal bests
@@ -141,6 +146,30 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
             "" if r["best_step"] is None else str(r["best_step"]),
         )
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def summary_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Final top-1 % per model (rows) and data % (columns) over seeds: mean, and with 2 or more
+    seeds +- the sample standard deviation and the number of seeds."""
+    done = [r for r in rows if r["final_accuracy"] is not None]
+    fractions = sorted({r["train_fraction"] for r in done})
+    names = sorted({series(r) for r in done})
+    lines = ["| model | " + " | ".join(f"{100 * f:g}% data" for f in fractions) + " |",
+             "|" + "---|" * (len(fractions) + 1)]
+    for name in names:
+        cells = []
+        for fraction in fractions:
+            values = [100 * r["final_accuracy"] for r in done
+                      if series(r) == name and r["train_fraction"] == fraction]
+            if not values:
+                cells.append("")
+            elif len(values) == 1:
+                cells.append(f"{values[0]:.2f}")
+            else:
+                cells.append(f"{statistics.mean(values):.2f} +- {statistics.stdev(values):.2f}"
+                             f" ({len(values)} seeds)")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -218,6 +247,7 @@ def write_report(workdirs: Sequence[str], prefix: str) -> list[str]:
     paths = [prefix + ".md", prefix + ".csv", prefix + ".png"]
     with open(paths[0], "w", encoding="utf-8") as f:
         f.write(markdown_table(rows))
+        f.write("\nFinal top-1 (%) by model and data scale:\n\n" + summary_table(rows))
     write_csv(rows, paths[1])
     plot(rows, paths[2])
     return paths

@@ -198,3 +198,16 @@ def test_parse_arg_of_sweep_files_rejects_unknown_arguments():
     with pytest.raises(ValueError, match="unknown config argument 'ratio'"):
         sweep.load_sweep("configs/sweeps/data_ratios.py:ratio=0.1")
     assert config_lib.parse_arg("dataset=imagenet", dataset="cifar100").dataset == "imagenet"
+
+
+def test_report_summary_gives_the_mean_and_spread_over_seeds(tmp_path):
+    root = str(tmp_path)
+    for seed, accuracy in ((0, 0.40), (1, 0.44)):
+        fabricate_run(root, f"prs_seed{seed}", "prs", 0.1, {100: accuracy}, {"seed": seed})
+    fabricate_run(root, "deit_seed0", "deit", 0.1, {100: 0.30})
+    fabricate_run(root, "deit_full", "deit", 1.0, {100: 0.50})
+    table = report.summary_table([report.read_run(w) for w in report.find_workdirs([root])])
+    lines = table.splitlines()
+    assert lines[0] == "| model | 10% data | 100% data |"
+    assert "| convit_tiny/prs | 42.00 +- 2.83 (2 seeds) |  |" in lines
+    assert "| deit_tiny | 30.00 | 50.00 |" in lines
