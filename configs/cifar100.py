@@ -11,7 +11,7 @@ Variants by argument (`--config configs/cifar100.py:VARIANT[,runlocal]`):
   uniform        every GPSA layer switches at epoch 100 (`switch=E` picks another epoch).
   convit         ConViT: self-attention from the start, learned gates.
   conv           never switches: a convolutional ViT.
-  deit           DeiT-Ti (no GPSA layer).
+  deit           DeiT-Ti (no GPSA layer); with `model=convit_small` DeiT-S, the twin of each ConViT.
   resnet18       ResNet-18 with the CIFAR stem.
   runlocal       shrinks model, data and epochs to a quick check on a laptop CPU.
 Other arguments: `model=convit_small`, `epochs=100`, `switch=60` (uniform's switch epoch).
