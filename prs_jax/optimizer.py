@@ -81,9 +81,10 @@ def scale_by_adamw_paused(
         return 1 + max(jax.tree.leaves(frozen_layers(params)), default=-1)
 
     def init(params):
-        return PausedAdamWState(
-            adam.init(params), decay.init(params), jnp.zeros((num_layers(params),), jnp.int32)
-        )
+        # At least one count: orbax refuses to save a zero-size array, and a model without GPSA
+        # layers (DeiT, ResNet) would otherwise have one in every checkpoint.
+        counts = jnp.zeros((max(num_layers(params), 1),), jnp.int32)
+        return PausedAdamWState(adam.init(params), decay.init(params), counts)
 
     def update(updates, state, params=None, *, conv_strength=None, **extra_args):
         del extra_args

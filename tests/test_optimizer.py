@@ -230,3 +230,19 @@ def test_an_update_without_the_conv_strength_is_an_error():
     params = gpsa_params()
     with pytest.raises(ValueError, match="pass the step's conv_strength"):
         tx.update(params, tx.init(params), params)
+
+
+@pytest.mark.parametrize("num_layers", [2, 0])
+def test_the_optimizer_state_checkpoints_with_and_without_gpsa_layers(num_layers, tmp_path):
+    import orbax.checkpoint as ocp
+
+    # orbax refuses zero-size arrays: a DeiT or ResNet state must not hold one (it did: the
+    # per-layer counts of a model without GPSA layers were int32[0]).
+    params = gpsa_params(num_layers) if num_layers else {"head": gpsa_params()["head"]}
+    state = create().init(params)
+    assert all(leaf.size > 0 for leaf in jax.tree.leaves(state))
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(tmp_path / "state", state)
+        checkpointer.wait_until_finished()
+        restored = checkpointer.restore(tmp_path / "state", state)
+    assert_bitwise_equal(restored, state)
