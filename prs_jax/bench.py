@@ -13,7 +13,7 @@ prints:
     augmentation, prefetch threads; the configured source where it is on disk, else records
     mocked by tfds.testing.mock_data); and "end to end": that iterator feeding the step as
     train.py's loop does (next batch -> to_global -> jitted step), as a fraction of the step
-    alone in the same rounds (--end_to_end_steps);
+    alone in the same round, median over rounds (--end_to_end_steps);
   - peak host memory (RSS) and device memory (the allocator's peak where the backend has one;
     XLA's planned argument + temporary + output bytes of the step everywhere), and the host
     page faults of each contender's round (fresh memory the kernel zero-fills: on CPU they
@@ -805,8 +805,11 @@ def main(argv: list[str]) -> None:
             if FLAGS.peak_tflops:
                 extra += f", MFU {achieved / (FLAGS.peak_tflops * 1e12):.1%} of the stated peak"
         elif name.startswith("end to end"):
-            alone = timings[name.replace("end to end", "ours")].median_seconds()
-            extra = f"  {alone / timing.median_seconds():.0%} of the step alone"
+            # Round by round, so that a load that comes and goes between rounds cancels out.
+            alone = timings[name.replace("end to end", "ours")].seconds
+            fractions = np.asarray(alone) / np.asarray(timing.seconds)
+            extra = (f"  {np.median(fractions):.0%} of the step alone [min {fractions.min():.0%},"
+                     f" max {fractions.max():.0%}, per round]")
         print(f"  {name:32s}{timing.line()}  faults {int(np.median(faults[name]))}{extra}")
     attention, conv = timings.get("ours, attention phase"), timings.get("ours, conv phase")
     if attention and conv:

@@ -169,7 +169,7 @@ def test_the_command_line_reports_one_compilation_and_both_phases(tmp_path):
     # The train iterator alone, and feeding the step as train.py does, beside the step alone.
     assert re.search(r"^  input pipeline alone +[\d.]+ img/s", report, re.MULTILINE), report
     for phase in ("attention", "conv"):
-        line = rf"^  end to end, {phase} phase +[\d.]+ img/s .* (\d+)% of the step alone$"
+        line = rf"^  end to end, {phase} phase +[\d.]+ img/s .* (\d+)% of the step alone \["
         assert (found := re.search(line, report, re.MULTILINE)) and int(found[1]) > 0, report
     # --profile: each phase's device time by kind, and its trace kept for XProf.
     for phase in ("attention", "conv"):
