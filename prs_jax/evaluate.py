@@ -48,12 +48,19 @@ def override_template() -> ml_collections.ConfigDict:
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "A training run's workdir (with checkpoints/).")
-flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
-flags.DEFINE_string("output", None, "JSON file to write (default WORKDIR/eval/step_N/SPLIT.json).")
-config_flags.DEFINE_config_dict(
-    "config", override_template(), "Overrides of the run's saved config: --config.data.FIELD=V."
-)
+
+
+def define_flags() -> None:
+    """The command line's flags; defined only when run as a program, so that importing this
+    module beside prs_jax.main or prs_jax.bench (tests, notebooks) defines no flag twice."""
+    flags.DEFINE_string("workdir", None, "A training run's workdir (with checkpoints/).")
+    flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
+    flags.DEFINE_string(
+        "output", None, "JSON file to write (default WORKDIR/eval/step_N/SPLIT.json)."
+    )
+    config_flags.DEFINE_config_dict(
+        "config", override_template(), "Overrides of the run's saved config: --config.data.F=V."
+    )
 
 
 def config_for_evaluation(
@@ -178,4 +185,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -1,7 +1,10 @@
 """python -m prs_jax.evaluate: a trained checkpoint evaluated on its own split and on others,
 on image folders generated here."""
 
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -75,3 +78,18 @@ def test_missing_checkpoint_is_an_error_naming_the_workdir(tmp_path):
 def test_results_file_name_is_safe_for_tfds_split_slices(tmp_path):
     path = evaluate.default_output(str(tmp_path), 7, "train[:10%]")
     assert path == os.path.join(str(tmp_path), "eval", "step_7", "train_10_.json")
+
+
+def test_command_line_prints_and_writes_the_metrics(trained_run, tmp_path):
+    workdir, other = trained_run
+    output = tmp_path / "test.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "prs_jax.evaluate", f"--workdir={workdir}", f"--output={output}",
+         f"--config.data.folder_root={other}", "--config.data.eval_split=test",
+         "--config.data.folder_validation_fraction=0", "--config.eval_batch_size=4"],
+        capture_output=True, text=True, check=True,
+        env={**os.environ, "PRS_JAX_CPU_DEVICES": "2"},
+    )
+    written = json.loads(output.read_text())
+    assert written["split"] == "test" and written["num_examples"] == TEST_PER_CLASS * len(CLASSES)
+    assert f"top-1 {100 * written['top1_accuracy']:.2f}%" in result.stdout
