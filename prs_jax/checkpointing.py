@@ -224,3 +224,15 @@ def checkpoint_steps(workdir: str) -> list[int]:
     if not directory.is_dir():
         return []
     return sorted(int(path.name) for path in directory.iterdir() if path.name.isdigit())
+
+
+def checkpoint_step(workdir: str, step: int | None = None) -> int:
+    """`step` if the run has a checkpoint there, else an error listing those it has; the
+    latest checkpoint's step when `step` is None."""
+    steps = checkpoint_steps(workdir)
+    if not steps:
+        raise FileNotFoundError(f"no checkpoint in {workdir}/{CHECKPOINT_DIR}")
+    step = steps[-1] if step is None else step
+    if step not in steps:
+        raise ValueError(f"no checkpoint at step {step} in {workdir}; there are {steps}")
+    return step

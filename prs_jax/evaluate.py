@@ -71,12 +71,7 @@ def config_for_evaluation(
     `overrides` maps dotted field names ('data.eval_split') to values; only `data.*` and
     `eval_batch_size` may be changed.
     """
-    steps = checkpointing.checkpoint_steps(workdir)
-    if not steps:
-        raise FileNotFoundError(f"no checkpoint in {workdir}/{checkpointing.CHECKPOINT_DIR}")
-    step = steps[-1] if step is None else step
-    if step not in steps:
-        raise ValueError(f"no checkpoint at step {step} in {workdir}; there are {steps}")
+    step = checkpointing.checkpoint_step(workdir, step)
     run_config = checkpointing.restore_config(workdir, step)
     config = ml_collections.ConfigDict(run_config.to_dict())
     for name, value in overrides.items():

@@ -284,12 +284,7 @@ def analyse_run(
     # Imported here: the train loop imports this module for its in-training spectra.
     from prs_jax import train  # pylint: disable=import-outside-toplevel
 
-    steps = checkpointing.checkpoint_steps(workdir)
-    if not steps:
-        raise FileNotFoundError(f"no checkpoint in {workdir}/{checkpointing.CHECKPOINT_DIR}")
-    step = steps[-1] if step is None else step
-    if step not in steps:
-        raise ValueError(f"no checkpoint at step {step} in {workdir}; there are {steps}")
+    step = checkpointing.checkpoint_step(workdir, step)
     config = checkpointing.restore_config(workdir, step)
     info = data.dataset_info(config.data)
     model = train.create_model(config, info.num_classes)
