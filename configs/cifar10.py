@@ -24,7 +24,9 @@ Variants by argument (`configs/cifar10.py:VARIANT[,ARGS]`):
   convit         ConViT: self-attention from the start, learned gates.
   conv           never switches: a convolutional ViT.
   deit           the DeiT twin: the same width, depth and heads, no GPSA layer.
-  resnet         ResNet-18 (CIFAR stem) at width 32: a train step costing about as much.
+  resnet         ResNet-18 (CIFAR stem) at width 24, the width whose train step comes closest
+                 to the ViTs' (prs_jax.bench: 129 img/s vs 186 for prs; width 16 286, 20 121
+                 (odd widths run badly in oneDNN), 32 83).
   runlocal       a 2-minute check: 100 steps, evaluation on it at the end.
 Other arguments: `fraction=0.1`, `steps=600`, `switch=E` (uniform's switch epoch),
 `first=F,last=F` (the shallowest and deepest GPSA layers' switch points as fractions of the
@@ -32,7 +34,7 @@ run, for any schedule variant), `ramp=F` (each layer's ramp from 1 to 0 as a fra
 run; 0, the default, is a hard switch), `folder_root=DIR` (default ~/.cache/prs_jax/cifar10).
 
 Models: ConViT width 128, depth 6, 4 heads (head dim 32), the first 4 blocks GPSA, patch 4 on
-32 px (an 8 x 8 grid): 1.2M parameters; DeiT twin 1.2M; ResNet-18 at width 32 2.8M.
+32 px (an 8 x 8 grid): 1.2M parameters; DeiT twin 1.2M; ResNet-18 at width 24 1.6M.
 
 Hardware: a 2-core AMD EPYC CPU (JAX 0.10.2, float32, one device per core). Time and measured
 top-1 per run: README, "Results on real data".
@@ -46,7 +48,7 @@ from prs_jax import config_lib
 CLASSES, IMAGES_PER_CLASS, VALIDATION_FRACTION = 10, 5000, 0.1
 VIT_SIZE = dict(hidden_size=128, num_heads=4, depth=6)
 NUM_GPSA_LAYERS = 4
-RESNET_WIDTH = 32
+RESNET_WIDTH = 24
 
 
 def train_examples(fraction: float) -> int:
