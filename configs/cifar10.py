@@ -42,7 +42,7 @@ top-1 per run: README, "Results on real data".
 
 import ml_collections
 
-from prs_jax import config_lib
+from prs_jax.training import config_lib
 
 # CIFAR-10's train split: 10 classes of 5,000 images, of which VALIDATION_FRACTION are held out.
 CLASSES, IMAGES_PER_CLASS, VALIDATION_FRACTION = 10, 5000, 0.1
@@ -59,8 +59,16 @@ def train_examples(fraction: float) -> int:
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     arg = config_lib.parse_arg(
-        arg, variant="prs", runlocal=False, fraction=1.0, steps=600, switch=-1.0, ramp=0.0,
-        first=-1.0, last=-1.0, folder_root="~/.cache/prs_jax/cifar10",
+        arg,
+        variant="prs",
+        runlocal=False,
+        fraction=1.0,
+        steps=600,
+        switch=-1.0,
+        ramp=0.0,
+        first=-1.0,
+        last=-1.0,
+        folder_root="~/.cache/prs_jax/cifar10",
     )
     if not 0.0 < arg.fraction <= 1.0:
         raise ValueError(f"fraction={arg.fraction}; must be in (0, 1]")
@@ -85,7 +93,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.model.patch_size = 4
     config_lib.select_variant(
-        config, arg.variant, vit="convit_tiny", switch=arg.switch,
+        config,
+        arg.variant,
+        vit="convit_tiny",
+        switch=arg.switch,
         resnets={"resnet": {"stem": "cifar", "dtype": "float32"}},
     )
     if arg.variant == "resnet":

@@ -23,7 +23,8 @@ ConViT-style models at roughly 70-80% on CIFAR-100; see README's table for our r
 
 import ml_collections
 
-from prs_jax import config_lib
+from prs_jax.training import config_lib
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     arg = config_lib.parse_arg(
@@ -44,7 +45,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # show only a third of the images. `--config.data.repeated_augmentation=3` matches ConViT.
 
     config_lib.select_variant(
-        config, arg.variant, vit=arg.model, switch=arg.switch,
+        config,
+        arg.variant,
+        vit=arg.model,
+        switch=arg.switch,
         resnets={"resnet18": {"stem": "cifar"}},
     )
 

@@ -13,7 +13,7 @@ figure in README's table of runs).
 
 import ml_collections
 
-from prs_jax import config_lib
+from prs_jax.training import config_lib
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -37,14 +37,19 @@ Expected top-1 at 100%: DeiT-Ti 72.2%, ConViT-Ti 73.1% (their papers); our runs:
 
 import ml_collections
 
-from prs_jax import config_lib
+from prs_jax.training import config_lib
 
 RESNETS = ("resnet18", "resnet50")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     arg = config_lib.parse_arg(
-        arg, variant="prs", runlocal=False, model="convit_tiny", epochs=300.0, switch=-1.0,
+        arg,
+        variant="prs",
+        runlocal=False,
+        model="convit_tiny",
+        epochs=300.0,
+        switch=-1.0,
         train_fraction=1.0,
     )
     config = config_lib.base_config()
@@ -71,7 +76,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.patch_size = 16
     config.model.dtype = "bfloat16"
     config_lib.select_variant(
-        config, arg.variant, vit=arg.model, switch=arg.switch,
+        config,
+        arg.variant,
+        vit=arg.model,
+        switch=arg.switch,
         resnets={name: {"stem": "imagenet", "dtype": "bfloat16"} for name in RESNETS},
     )
 
@@ -94,8 +102,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.data.train_fraction = min(arg.train_fraction, 0.01)
         if config.model.name not in RESNETS:
             is_gpsa = arg.variant in config_lib.SCHEDULE_VARIANTS
-            config.model.update(patch_size=8, hidden_size=64, num_heads=4, depth=4,
-                                num_gpsa_layers=2 if is_gpsa else 0)
+            config.model.update(
+                patch_size=8,
+                hidden_size=64,
+                num_heads=4,
+                depth=4,
+                num_gpsa_layers=2 if is_gpsa else 0,
+            )
         config.model.dtype = "float32"
         config.num_epochs = 1.0
         config.optimizer.warmup_epochs = 0.1

@@ -18,7 +18,7 @@ import os
 
 if __name__ == "__main__":
     # As in prs_jax.main: before JAX starts, keep XLA:CPU's per-step scratch for reuse.
-    from prs_jax import host_allocator
+    from prs_jax.cpu import host_allocator
 
     host_allocator.configure_for_training()
 
@@ -36,7 +36,12 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
 
-from prs_jax import checkpointing, cpu_devices, data, schedule, train
+from prs_jax import data
+from prs_jax.cpu import cpu_devices
+from prs_jax.method import schedule
+from prs_jax.training import checkpointing
+from prs_jax.training.state import TrainState, create_mesh, create_model
+from prs_jax.training.steps import evaluate, make_eval_step
 
 
 def override_template() -> ml_collections.ConfigDict:
@@ -95,7 +100,7 @@ def evaluate_checkpoint(
     `overrides` applied (see config_for_evaluation); also the split, step and example count."""
     config, run_config, step = config_for_evaluation(workdir, step, overrides or {})
     info = data.dataset_info(config.data)
-    model = train.create_model(config, info.num_classes)
+    model = create_model(config, info.num_classes)
     # The conv strengths the checkpoint was trained with come from the run's own schedule, in
     # steps of its own train split, whatever split is evaluated now.
     run_info = info if config.data == run_config.data else data.dataset_info(run_config.data)
@@ -106,18 +111,20 @@ def evaluate_checkpoint(
             " same classes"
         )
     training = schedule.training_steps(
-        run_info.num_train_examples, run_config.batch_size, run_config.num_epochs,
+        run_info.num_train_examples,
+        run_config.batch_size,
+        run_config.num_epochs,
         run_config.optimizer.warmup_epochs,
     )
     conv_strength_fn = schedule.make_conv_strength_fn(
         model.num_gpsa_layers, training.steps_per_epoch, run_config.schedule
     )
 
-    mesh = train.create_mesh()
+    mesh = create_mesh()
     data_sharding, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
     variables, step = checkpointing.restore_variables(workdir, model, config.data.image_size, step)
     variables = jax.device_put(variables, replicated)
-    state = train.TrainState(
+    state = TrainState(
         step=jax.device_put(jnp.asarray(step, jnp.int32), replicated),
         params=variables["params"],
         batch_stats=variables.get("batch_stats", {}),
@@ -125,7 +132,7 @@ def evaluate_checkpoint(
         rng=None,
     )
     eval_step = jax.jit(
-        train.make_eval_step(model, conv_strength_fn),
+        make_eval_step(model, conv_strength_fn),
         in_shardings=(replicated, data_sharding),
         out_shardings=replicated,
     )
@@ -135,7 +142,7 @@ def evaluate_checkpoint(
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
-    results = train.evaluate(eval_step, state, batches, data_sharding)
+    results = evaluate(eval_step, state, batches, data_sharding)
     return {
         "workdir": os.path.abspath(workdir) if "://" not in workdir else workdir,
         "step": step,

@@ -98,8 +98,13 @@ def command(
     run: Run, root: str, extra_args: Sequence[str] = (), python: str = "python"
 ) -> list[str]:
     """argv of one run: python -m prs_jax.main --config=... --workdir=ROOT/NAME --config.K=V ..."""
-    argv = [python, "-m", "prs_jax.main", f"--config={run.config}",
-            f"--workdir={root.rstrip('/')}/{run.name}"]
+    argv = [
+        python,
+        "-m",
+        "prs_jax.main",
+        f"--config={run.config}",
+        f"--workdir={root.rstrip('/')}/{run.name}",
+    ]
     argv += [f"--config.{key}={_flag_value(value)}" for key, value in run.overrides.items()]
     return argv + list(extra_args)
 
@@ -140,7 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra_args = argv[argv.index("--") + 1 :]
         argv = argv[: argv.index("--")]
     parser = argparse.ArgumentParser(
-        prog="python -m prs_jax.sweep", description=__doc__.split("\n\n")[0],
+        prog="python -m prs_jax.sweep",
+        description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -173,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     python = args.python or ("python" if printing else sys.executable)
     commands = [(r.name, command(r, root, extra_args, python)) for r in runs]
     if printing:
-        for index, (run, (name, cmd)) in enumerate(zip(runs, commands)):
+        for index, (name, cmd) in enumerate(commands):
             line = shlex.join(cmd)
             if args.template:
                 line = args.template.format(
@@ -183,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     failed = run_all(commands)
-    from prs_jax import report  # pylint: disable=import-outside-toplevel
+    from prs_jax.analysis import report  # pylint: disable=import-outside-toplevel
 
     workdirs = [f"{root}/{r.name}" for r in runs if os.path.exists(f"{root}/{r.name}/config.json")]
     if workdirs:

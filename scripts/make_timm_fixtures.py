@@ -207,7 +207,6 @@ def narrow_stem(model, stem: str):
 
 def build_timm_model(name: str, seed: int = 0):
     """The fixture's timm model in eval mode, every parameter and statistic redrawn from `seed`."""
-    import torch
 
     timm = import_timm()
     spec = FIXTURES[name]

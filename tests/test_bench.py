@@ -9,10 +9,12 @@ import threading
 
 import numpy as np
 import pytest
-
 from PIL import Image
 
-from prs_jax import bench, config_lib
+from prs_jax import bench
+from prs_jax.tools import step_bench, timing, timm_bench
+from prs_jax.training import config_lib
+from prs_jax.training.state import create_model
 
 NUM_CLASSES = 10
 
@@ -25,25 +27,25 @@ def setup():
     config.batch_size, config.eval_batch_size = 8, 8
     config.num_epochs, config.optimizer.warmup_epochs = 4.0, 1.0
     config_lib.set_schedule(config, "prs")  # layer 0 switches at epoch 2, layer 1 at epoch 2/3
-    model = bench.train.create_model(config, NUM_CLASSES)
+    model = create_model(config, NUM_CLASSES)
     # 5 steps per epoch, 20 in all.
-    return config, bench.build_step(config, model, NUM_CLASSES, train_examples=40)
+    return config, step_bench.build_step(config, model, NUM_CLASSES, train_examples=40)
 
 
 def test_one_compilation_serves_a_run_that_visits_every_layer_switch(setup):
     _, step_setup = setup
-    with bench.compile_events("train_step") as compiles:
-        visited = bench.run_across_switches(step_setup)
+    with timing.compile_events("train_step") as compiles:
+        visited = step_bench.run_across_switches(step_setup)
     assert visited == [0, 4, 10, 19]  # start, the two switches (epochs 2/3 and 2), the last step
     assert compiles["count"] == 1
-    with bench.compile_events("train_step") as again:
-        bench.run_across_switches(step_setup)
+    with timing.compile_events("train_step") as again:
+        step_bench.run_across_switches(step_setup)
     assert again["count"] == 0
 
 
 def test_phases_are_all_convolution_then_all_self_attention(setup):
     _, step_setup = setup
-    phases = bench.phase_steps(step_setup)
+    phases = step_bench.phase_steps(step_setup)
     assert phases == {"conv": 0, "attention": 10}
     np.testing.assert_array_equal(step_setup.conv_strength_fn(phases["conv"]), [1.0, 1.0])
     np.testing.assert_array_equal(step_setup.conv_strength_fn(phases["attention"]), [0.0, 0.0])
@@ -51,8 +53,8 @@ def test_phases_are_all_convolution_then_all_self_attention(setup):
 
 def test_flop_count_covers_forward_and_backward(setup):
     config, step_setup = setup
-    train_flops, _ = bench.cost_and_memory(step_setup)
-    eval_flops = bench.eval_flops(step_setup)
+    train_flops, _ = step_bench.cost_and_memory(step_setup)
+    eval_flops = step_bench.eval_flops(step_setup)
     per_image_train = train_flops / config.batch_size
     per_image_eval = eval_flops / config.eval_batch_size
     # A train step is a forward and a backward pass (about 3 forward passes at full size; this
@@ -72,28 +74,29 @@ def folder_config(config, root, num_images=10):
     return config
 
 
-def test_end_to_end_feeds_the_step_from_the_configured_folder_and_stops_its_threads(setup,
-                                                                                   tmp_path):
+def test_end_to_end_feeds_the_step_from_the_configured_folder_and_stops_its_threads(
+    setup, tmp_path
+):
     config, step_setup = setup
     config = folder_config(config, tmp_path)
-    reading, source = bench.input_data(config)
+    reading, source = step_bench.input_data(config)
     assert source == "ImageFolderSource(10 images, 10 classes, decoded in memory)"
     with reading:
-        run = bench.end_to_end_runner(step_setup, config, step=3, num_steps=2)
+        run = step_bench.end_to_end_runner(step_setup, config, step=3, num_steps=2)
         assert run() > 0
     # Warm-up and timed steps all ran on the iterator's batches, from step 3.
-    assert int(step_setup.state.step) == 3 + bench.INPUT_WARMUP + 2
+    assert int(step_setup.state.step) == 3 + step_bench.INPUT_WARMUP + 2
     assert not [t for t in threading.enumerate() if t.name.startswith("grain")]
 
 
 def test_timing_summary_is_median_min_max_of_images_per_second():
-    timing = bench.Timing("x", images_per_step=100, seconds=[1.0, 2.0, 0.5])
-    assert timing.images_per_s() == (100.0, 50.0, 200.0)
+    summary = timing.Timing("x", images_per_step=100, seconds=[1.0, 2.0, 0.5])
+    assert summary.images_per_s() == (100.0, 50.0, 200.0)
 
 
 def test_timm_arguments_match_our_convit_tiny():
     config = config_lib.base_config()
-    name, kwargs = bench.timm_kwargs(config, 100)
+    name, kwargs = timm_bench.timm_kwargs(config, 100)
     assert name == "convit_tiny"
     assert kwargs["embed_dim"] * kwargs["num_heads"] == 192  # timm multiplies by the heads
     assert kwargs["local_up_to_layer"] == 10 and kwargs["depth"] == 12
@@ -107,7 +110,7 @@ def test_the_contenders_are_alternated_round_by_round():
         "a": lambda: calls.append("a") or 1.0,
         "b": lambda: calls.append("b") or 2.0,
     }
-    seconds, faults = bench.race(contenders, repeats=3, settle_s=0.0)
+    seconds, faults = timing.race(contenders, repeats=3, settle_s=0.0)
     assert calls == ["a", "b"] * 3
     assert seconds == {"a": [1.0] * 3, "b": [2.0] * 3}
     assert set(faults) == {"a", "b"} and len(faults["a"]) == 3
@@ -115,7 +118,7 @@ def test_the_contenders_are_alternated_round_by_round():
 
 REUSE_PROBE = """
 import ctypes, resource, sys
-from prs_jax import host_allocator
+from prs_jax.cpu import host_allocator
 applied = host_allocator.reuse_freed_memory() if sys.argv[1] == "reuse" else False
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p
@@ -139,8 +142,9 @@ def test_reused_host_memory_is_not_faulted_in_again():
     """A freed 256 MiB block comes back without page faults (XLA:CPU's per-step scratch)."""
 
     def probe(mode):
-        out = subprocess.run([sys.executable, "-c", REUSE_PROBE, mode], check=True,
-                             capture_output=True, text=True).stdout.split()
+        out = subprocess.run(
+            [sys.executable, "-c", REUSE_PROBE, mode], check=True, capture_output=True, text=True
+        ).stdout.split()
         return out[0] == "True", int(out[1])
 
     applied, faults = probe("reuse")
@@ -151,20 +155,45 @@ def test_reused_host_memory_is_not_faulted_in_again():
 
 def test_the_command_line_reports_one_compilation_and_both_phases(tmp_path):
     """`python -m prs_jax.bench` end to end on the digits config (local data, a tiny model)."""
-    command = [sys.executable, "-m", "prs_jax.bench", "--config", "configs/digits.py",
-               "--repeats", "1", "--steps", "1", "--input_batches", "2",
-               "--end_to_end_steps", "1", "--matmul_size", "128",
-               "--profile", "--profile_dir", str(tmp_path)]
-    report = subprocess.run(command, check=True, capture_output=True, text=True,
-                            cwd=bench.pathlib.Path(bench.__file__).parents[1]).stdout
+    command = [
+        sys.executable,
+        "-m",
+        "prs_jax.bench",
+        "--config",
+        "configs/digits.py",
+        "--repeats",
+        "1",
+        "--steps",
+        "1",
+        "--input_batches",
+        "2",
+        "--end_to_end_steps",
+        "1",
+        "--matmul_size",
+        "128",
+        "--profile",
+        "--profile_dir",
+        str(tmp_path),
+    ]
+    report = subprocess.run(
+        command,
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=bench.pathlib.Path(bench.__file__).parents[1],
+    ).stdout
     assert "freed host memory reused: True" in report or platform.libc_ver()[0] != "glibc"
     compilations = [line for line in report.splitlines() if "compilations of the train" in line]
     assert len(compilations) == 1 and compilations[0].endswith(": 1")
     flops = re.search(r"train step ([0-9.]+) GFLOP, eval ([0-9.]+) GFLOP", report)
     assert float(flops[1]) > float(flops[2]) > 0  # forward and backward > forward
-    for line in ("ours, attention phase", "ours, conv phase", "baseline (straightforward Flax)",
-                 "conv phase / self-attention phase step time:",
-                 "input pipeline: digits (local), 0 workers"):
+    for line in (
+        "ours, attention phase",
+        "ours, conv phase",
+        "baseline (straightforward Flax)",
+        "conv phase / self-attention phase step time:",
+        "input pipeline: digits (local), 0 workers",
+    ):
         assert line in report
     # The train iterator alone, and feeding the step as train.py does, beside the step alone.
     assert re.search(r"^  input pipeline alone +[\d.]+ img/s", report, re.MULTILINE), report
@@ -174,9 +203,14 @@ def test_the_command_line_reports_one_compilation_and_both_phases(tmp_path):
     # --profile: each phase's device time by kind, and its trace kept for XProf.
     for phase in ("attention", "conv"):
         section = report.split(f"profile, {phase} phase")[1]
-        shares = re.findall(r"^  (?:matmuls|other|collectives).* ms +(\d+)%", section, re.MULTILINE)[:3]
+        shares = re.findall(
+            r"^  (?:matmuls|other|collectives).* ms +(\d+)%", section, re.MULTILINE
+        )[:3]
         assert len(shares) == 3 and abs(sum(map(int, shares)) - 100) <= 2, section
         assert "GFLOP/s" in section.splitlines()[2]
-        assert re.search(r"ms = \d+% of the matmul rate; with every matmul at that rate: "
-                         r"[\d.]+ ms = \d+%", section.splitlines()[1]), section
+        assert re.search(
+            r"ms = \d+% of the matmul rate; with every matmul at that rate: "
+            r"[\d.]+ ms = \d+%",
+            section.splitlines()[1],
+        ), section
     assert len(list(tmp_path.rglob("*.xplane.pb"))) == 2

@@ -6,8 +6,10 @@ import pathlib
 import numpy as np
 import pytest
 
-from prs_jax import config_lib, models, schedule
-from prs_jax import optimizer, validation
+from prs_jax import models
+from prs_jax.method import optimizer, schedule
+from prs_jax.training import config_lib, validation
+from prs_jax.training.state import create_model
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
@@ -70,11 +72,17 @@ def test_deit_variant_trains_the_deit_twin_of_each_convit_size(arg, model):
 @pytest.mark.parametrize(
     "arg,message",
     [
-        ("deit,model=resnet18", "variant 'deit' trains a DeiT: model='resnet18' is not allowed; "
-                                "choose one of convit_tiny, convit_small, convit_base, deit_tiny, "
-                                "deit_small, deit_base$"),
-        ("prs,model=deit_small", "variant 'prs' schedules GPSA layers: model='deit_small' is not "
-                                 "allowed; choose one of convit_tiny, convit_small, convit_base$"),
+        (
+            "deit,model=resnet18",
+            "variant 'deit' trains a DeiT: model='resnet18' is not allowed; "
+            "choose one of convit_tiny, convit_small, convit_base, deit_tiny, "
+            "deit_small, deit_base$",
+        ),
+        (
+            "prs,model=deit_small",
+            "variant 'prs' schedules GPSA layers: model='deit_small' is not "
+            "allowed; choose one of convit_tiny, convit_small, convit_base$",
+        ),
     ],
 )
 def test_a_model_the_variant_cannot_use_is_an_error_naming_the_choices(arg, message):
@@ -98,8 +106,13 @@ def test_unknown_variant_and_argument_are_errors_that_list_the_choices():
 
 
 def test_parse_arg_types_values_from_the_defaults():
-    arg = config_lib.parse_arg("convit,runlocal,epochs=12,model=deit_small", variant="prs",
-                               runlocal=False, epochs=300.0, model="x")
+    arg = config_lib.parse_arg(
+        "convit,runlocal,epochs=12,model=deit_small",
+        variant="prs",
+        runlocal=False,
+        epochs=300.0,
+        model="x",
+    )
     assert arg.variant == "convit" and arg.runlocal is True
     assert arg.epochs == 12.0 and isinstance(arg.epochs, float)
     assert arg.model == "deit_small"
@@ -125,15 +138,18 @@ def test_select_variant_sets_model_and_schedule_and_names_every_choice():
     config_lib.select_variant(config, "resnet50", resnets={"resnet50": {"stem": "imagenet"}})
     assert config.model.name == "resnet50"
     assert config_lib.model_overrides(config.model) == {"stem": "imagenet"}  # no ViT field left
-    with pytest.raises(ValueError, match="choose one of prs, reversed, uniform, convit, conv, "
-                                         "deit, resnet18$"):
+    with pytest.raises(
+        ValueError, match="choose one of prs, reversed, uniform, convit, conv, deit, resnet18$"
+    ):
         config_lib.select_variant(config, "vit", resnets={"resnet18": {}})
 
 
 @pytest.mark.parametrize("name", ["cifar100", "imagenet"])
 def test_runlocal_keeps_a_uniform_switch_epoch_within_its_short_run(name):
     config = load(name)("uniform,switch=0.5,runlocal")
-    assert config.schedule.first_layer_switch_epoch == config.schedule.last_layer_switch_epoch == 0.5
+    assert (
+        config.schedule.first_layer_switch_epoch == config.schedule.last_layer_switch_epoch == 0.5
+    )
 
 
 # --- the DeiT optimizer recipe -------------------------------------------------------------------
@@ -170,7 +186,8 @@ def test_the_learning_rate_follows_deits_scaling_rule_after_a_batch_size_overrid
     if batch_size:
         config.batch_size = batch_size  # as --config.batch_size=N does, after get_config
     assert optimizer.resolve_learning_rate(config.optimizer, config.batch_size) == (
-        pytest.approx(rate, rel=1e-12), note
+        pytest.approx(rate, rel=1e-12),
+        note,
     )
     assert config.optimizer.warmup_learning_rate == 1e-6  # DeiT's warmup_lr
 
@@ -178,13 +195,22 @@ def test_the_learning_rate_follows_deits_scaling_rule_after_a_batch_size_overrid
 @pytest.mark.parametrize(
     "changes,message",
     [
-        (dict(learning_rate=1e-3), r"config.optimizer.learning_rate=0.001 \(absolute\) and "
-         r"optimizer.learning_rate_per_512=0.0005 \(scaled by batch_size / 512\) are both set"),
-        (dict(learning_rate_per_512=0.0), r"learning_rate_per_512=0.0 and optimizer.learning_rate"
-         r"=0.0: one must be > 0"),
+        (
+            dict(learning_rate=1e-3),
+            r"config.optimizer.learning_rate=0.001 \(absolute\) and "
+            r"optimizer.learning_rate_per_512=0.0005 \(scaled by batch_size / 512\) are both set",
+        ),
+        (
+            dict(learning_rate_per_512=0.0),
+            r"learning_rate_per_512=0.0 and optimizer.learning_rate"
+            r"=0.0: one must be > 0",
+        ),
         (dict(learning_rate=-1.0, learning_rate_per_512=0.0), r"must be >= 0"),
-        (dict(warmup_learning_rate=1.0), r"config.optimizer.warmup_learning_rate=1.0 is not "
-         r"allowed: use in \[0, the peak learning rate 0.000125\]"),
+        (
+            dict(warmup_learning_rate=1.0),
+            r"config.optimizer.warmup_learning_rate=1.0 is not "
+            r"allowed: use in \[0, the peak learning rate 0.000125\]",
+        ),
     ],
 )
 def test_contradictory_or_missing_learning_rates_are_rejected(changes, message):
@@ -212,15 +238,17 @@ def parse_flags(*args):
 
 
 def build(config, num_classes=100):
-    from prs_jax import train
 
     validation.validate_config(config, device_count=1)
-    return train.create_model(config, num_classes)
+    return create_model(config, num_classes)
 
 
 def test_a_model_size_field_can_be_set_with_a_config_flag():
-    config = parse_flags(f"--config={CONFIG_DIR / 'cifar100.py'}", "--config.model.hidden_size=128",
-                         "--config.model.mlp_ratio=2")
+    config = parse_flags(
+        f"--config={CONFIG_DIR / 'cifar100.py'}",
+        "--config.model.hidden_size=128",
+        "--config.model.mlp_ratio=2",
+    )
     model = build(config)
     assert (model.hidden_size, model.mlp_ratio) == (128, 2.0)
     # Fields left unset keep ConViT-Ti's sizes and the model's defaults.
@@ -239,20 +267,27 @@ def test_a_model_size_field_can_be_set_in_a_sweep_override():
 def test_unset_model_fields_build_the_named_model_and_a_resnet_config_still_works():
     model = build(load("cifar100")("prs"))
     assert (model.hidden_size, model.num_heads, model.depth) == (192, 4, 12)
-    resnet = build(parse_flags(f"--config={CONFIG_DIR / 'cifar100.py'}:resnet18",
-                               "--config.model.width=32"))
+    resnet = build(
+        parse_flags(f"--config={CONFIG_DIR / 'cifar100.py'}:resnet18", "--config.model.width=32")
+    )
     assert (type(resnet).__name__, resnet.stem, resnet.width) == ("ResNet", "cifar", 32)
 
 
 @pytest.mark.parametrize(
     "arg,flag,message",
     [
-        ("resnet18", "--config.model.num_gpsa_layers=2",
-         r"config.model.num_gpsa_layers=2 does not apply to model 'resnet18': leave it unset, or "
-         r"set one of its fields: stem, width, zero_init_residual, dtype$"),
-        ("prs", "--config.model.width=64",
-         r"config.model.width=64 does not apply to model 'convit_tiny': leave it unset, or set "
-         r"one of its fields: patch_size, hidden_size, depth"),
+        (
+            "resnet18",
+            "--config.model.num_gpsa_layers=2",
+            r"config.model.num_gpsa_layers=2 does not apply to model 'resnet18': leave it unset, or "
+            r"set one of its fields: stem, width, zero_init_residual, dtype$",
+        ),
+        (
+            "prs",
+            "--config.model.width=64",
+            r"config.model.width=64 does not apply to model 'convit_tiny': leave it unset, or set "
+            r"one of its fields: patch_size, hidden_size, depth",
+        ),
     ],
 )
 def test_a_model_field_the_named_model_lacks_is_a_config_error(arg, flag, message):
@@ -288,8 +323,9 @@ def test_cifar10_runs_take_the_same_number_of_steps_at_every_ratio(fraction):
     assert module.train_examples(fraction) == num_train
 
     config = module.get_config(f"prs,fraction={fraction},steps=600")
-    steps = schedule.training_steps(num_train, config.batch_size, config.num_epochs,
-                                    config.optimizer.warmup_epochs)
+    steps = schedule.training_steps(
+        num_train, config.batch_size, config.num_epochs, config.optimizer.warmup_epochs
+    )
     assert steps.total_steps == 600
     assert config.data.train_fraction == fraction
     assert config.data.folder_validation_fraction == 0.1
@@ -304,7 +340,7 @@ def test_cifar10_models_are_a_convit_its_deit_twin_and_a_narrow_resnet():
     assert convit.model.num_gpsa_layers == 4 and deit.model.num_gpsa_layers == 0
     for field in ("hidden_size", "depth", "num_heads", "patch_size"):
         assert convit.model[field] == deit.model[field]
-    assert resnet.model.name == "resnet18" and resnet.model.width == 32
+    assert resnet.model.name == "resnet18" and resnet.model.width == 24
     ablation = get_config("prs,first=0.4,last=0.2,ramp=0.1")
     assert ablation.schedule.first_layer_switch_epoch == pytest.approx(0.4 * ablation.num_epochs)
     assert ablation.schedule.ramp_epochs == pytest.approx(0.1 * ablation.num_epochs)
@@ -322,9 +358,12 @@ def test_cifar10_sweep_covers_every_model_and_ratio_with_two_seeds_where_data_is
     seeds = {}
     for run in runs:
         config = sweep.load_config(run.config, run.overrides)
-        key = (config.model.name, config.model.get("num_gpsa_layers"),
-               config.schedule.first_layer_switch_epoch / config.num_epochs,
-               config.data.train_fraction)
+        key = (
+            config.model.name,
+            config.model.get("num_gpsa_layers"),
+            config.schedule.first_layer_switch_epoch / config.num_epochs,
+            config.data.train_fraction,
+        )
         seeds.setdefault(key, set()).add(config.seed)
     assert len(seeds) == 25  # 5 models x 5 ratios
     assert all(s == ({0, 1} if key[-1] <= 0.1 else {0}) for key, s in seeds.items())

@@ -1,4 +1,4 @@
-"""How many CPU devices prs_jax.main and the benchmark ask JAX for (prs_jax.cpu_devices)."""
+"""How many CPU devices prs_jax.main and the benchmark ask JAX for (prs_jax.cpu.cpu_devices)."""
 
 import os
 import subprocess
@@ -6,13 +6,20 @@ import sys
 
 import pytest
 
-from prs_jax import cpu_devices
+from prs_jax.cpu import cpu_devices
 
 
 @pytest.mark.parametrize(
     "batches, cores, expected",
-    [([128, 256], 2, 2), ([128, 256], 16, 16), ([96, 64], 16, 16), ([100, 100], 8, 5),
-     ([7, 7], 4, 1), ([128, 6], 8, 2), ([64], 1, 1)],
+    [
+        ([128, 256], 2, 2),
+        ([128, 256], 16, 16),
+        ([96, 64], 16, 16),
+        ([100, 100], 8, 5),
+        ([7, 7], 4, 1),
+        ([128, 6], 8, 2),
+        ([64], 1, 1),
+    ],
 )
 def test_the_most_devices_that_split_every_batch_evenly(batches, cores, expected):
     assert cpu_devices.device_count_for(batches, cores) == expected
@@ -49,7 +56,7 @@ def test_the_environment_sets_the_count(cpu_env):
 
 PROBE = """
 import os, sys
-from prs_jax import cpu_devices
+from prs_jax.cpu import cpu_devices
 count = cpu_devices.configure([int(b) for b in sys.argv[1:]])
 import jax
 print(count, len(jax.devices()), os.environ.get("XLA_FLAGS", ""))
@@ -58,8 +65,13 @@ print(count, len(jax.devices()), os.environ.get("XLA_FLAGS", ""))
 
 def probe(*batches, **env):
     clean = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", cpu_devices.ENV_SWITCH)}
-    result = subprocess.run([sys.executable, "-c", PROBE, *map(str, batches)], check=True,
-                            capture_output=True, text=True, env={**clean, **env}).stdout.split()
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, *map(str, batches)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**clean, **env},
+    ).stdout.split()
     return int(result[0]), int(result[1]), " ".join(result[2:])
 
 

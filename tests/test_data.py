@@ -16,7 +16,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from prs_jax import data
-from prs_jax.data import augment, randaugment, sources
+from prs_jax.data import augment, randaugment, sources, specs
 
 NUM_MOCK = 70  # mocked examples per CIFAR-100 split
 BATCH = 16  # 70 // 16 = 4 steps per epoch, 6 examples dropped; eval: 5 batches, 10 padding
@@ -155,9 +155,9 @@ def test_normalize_constant_images():
 def test_pad_and_crop_is_a_shift_with_zero_fill():
     image = np.arange(1, 17, dtype=np.uint8).reshape(4, 4, 1)
     # Offset (0, 4) with padding 2: content moves down 2 rows and left 2 columns.
-    expected = np.array(
-        [[0, 0, 0, 0], [0, 0, 0, 0], [3, 4, 0, 0], [7, 8, 0, 0]], np.uint8
-    ).reshape(4, 4, 1)
+    expected = np.array([[0, 0, 0, 0], [0, 0, 0, 0], [3, 4, 0, 0], [7, 8, 0, 0]], np.uint8).reshape(
+        4, 4, 1
+    )
     np.testing.assert_array_equal(augment.pad_and_crop(image, 2, 0, 4), expected)
     np.testing.assert_array_equal(augment.pad_and_crop(image, 2, 2, 2), image)
 
@@ -281,7 +281,10 @@ def test_rand_augment_keeps_dtype_shape_and_is_deterministic():
 def test_train_example_without_augmentation_is_normalisation():
     image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     out = augment.train_example(
-        {"image": image, "label": 5}, np.random.default_rng(0), mean=CIFAR_MEAN, std=CIFAR_STD,
+        {"image": image, "label": 5},
+        np.random.default_rng(0),
+        mean=CIFAR_MEAN,
+        std=CIFAR_STD,
         **NO_AUGMENT,
     )
     np.testing.assert_allclose(out["image"], (image / 255 - CIFAR_MEAN) / CIFAR_STD, atol=1e-5)
@@ -416,9 +419,11 @@ def test_worker_processes_give_the_same_batches():
 
 def test_eval_covers_every_example_once_and_pads_with_masked(mock_cifar):
     shards = [
-        list(data.create_eval_iterator(
-            cifar_config(), global_batch_size=BATCH, process_index=p, process_count=2
-        ))
+        list(
+            data.create_eval_iterator(
+                cifar_config(), global_batch_size=BATCH, process_index=p, process_count=2
+            )
+        )
         for p in range(2)
     ]
     assert len(shards[0]) == len(shards[1]) == 5  # ceil(70 / 16)
@@ -431,9 +436,7 @@ def test_eval_covers_every_example_once_and_pads_with_masked(mock_cifar):
     np.testing.assert_array_equal(merged["image"][NUM_MOCK:], 0.0)
     source = sources.open_source(cifar_config(), "test")
     expected = np.stack([source[i]["image"] for i in range(NUM_MOCK)])
-    np.testing.assert_allclose(
-        merged["image"][:NUM_MOCK], (expected / 255 - MEAN) / STD, atol=1e-5
-    )
+    np.testing.assert_allclose(merged["image"][:NUM_MOCK], (expected / 255 - MEAN) / STD, atol=1e-5)
     np.testing.assert_array_equal(
         merged["label"][:NUM_MOCK], [source[i]["label"] for i in range(NUM_MOCK)]
     )
@@ -453,7 +456,7 @@ def test_random_resized_crop_boxes_fit_and_follow_scale_and_aspect():
     rng = np.random.default_rng(0)
     for _ in range(300):
         top, left, h, w = augment.random_resized_crop_box(300, 400, rng, min_scale=0.08)
-        assert 0 <= top and top + h <= 300 and 0 <= left and left + w <= 400
+        assert top >= 0 and top + h <= 300 and left >= 0 and left + w <= 400
         # Area 8%..100% and aspect (w / h) 3/4..4/3, up to rounding to whole pixels.
         assert 0.08 * 0.97 <= h * w / (300 * 400) <= 1.0
         assert 0.75 * 0.97 <= w / h <= 4 / 3 * 1.03
@@ -476,8 +479,9 @@ def test_random_resized_crop_of_the_whole_image_is_a_bicubic_resize():
     np.testing.assert_array_equal(out, expected)
 
 
-@pytest.mark.parametrize("shape,top,left", [((256, 256), 16, 16), ((256, 512), 16, 144),
-                                             ((400, 256), 88, 16)])
+@pytest.mark.parametrize(
+    "shape,top,left", [((256, 256), 16, 16), ((256, 512), 16, 144), ((400, 256), 88, 16)]
+)
 def test_resize_center_crop_takes_the_central_224_of_a_256_short_side(shape, top, left):
     # The shorter side is already 256 = floor(224 / 0.875): no resize, just the central crop.
     image = np.random.default_rng(0).integers(0, 256, (*shape, 3), dtype=np.uint8)
@@ -498,8 +502,12 @@ def test_train_and_eval_examples_with_imagenet_crops_have_the_configured_size():
     image = np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)
     record = {"image": image, "label": 3}
     train = augment.train_example(
-        record, np.random.default_rng(0), mean=CIFAR_MEAN, std=CIFAR_STD,
-        crop="random_resized_crop", image_size=32,
+        record,
+        np.random.default_rng(0),
+        mean=CIFAR_MEAN,
+        std=CIFAR_STD,
+        crop="random_resized_crop",
+        image_size=32,
     )
     evaluation = augment.eval_example(
         record, mean=CIFAR_MEAN, std=CIFAR_STD, crop="resize_center_crop", image_size=32
@@ -507,14 +515,16 @@ def test_train_and_eval_examples_with_imagenet_crops_have_the_configured_size():
     assert train["image"].shape == evaluation["image"].shape == (32, 32, 3)
     assert evaluation["mask"] and train["label"] == evaluation["label"] == 3
     with pytest.raises(ValueError, match="unknown train crop 'center'"):
-        augment.train_example(record, np.random.default_rng(0), mean=CIFAR_MEAN, std=CIFAR_STD,
-                              crop="center")
+        augment.train_example(
+            record, np.random.default_rng(0), mean=CIFAR_MEAN, std=CIFAR_STD, crop="center"
+        )
 
 
 def test_pipeline_with_imagenet_crops_reads_native_images(mock_cifar):
     # The source gives 32 px images unresized; the crops bring them to image_size = 24.
-    config = cifar_config(image_size=24, train_crop="random_resized_crop",
-                          eval_crop="resize_center_crop")
+    config = cifar_config(
+        image_size=24, train_crop="random_resized_crop", eval_crop="resize_center_crop"
+    )
     batch = next(data.create_train_iterator(config, global_batch_size=BATCH, seed=0))
     assert batch["image"].shape == (BATCH, 24, 24, 3)
     first = next(iter(data.create_eval_iterator(config, global_batch_size=BATCH)))
@@ -543,11 +553,22 @@ def test_posterize_to_zero_bits_is_black_not_an_error():
     "name,reference",
     [
         ("Rotate", lambda im, fill, resample: im.rotate(27.0, resample, fillcolor=fill)),
-        ("ShearX", lambda im, fill, resample: im.transform(
-            im.size, Image.Transform.AFFINE, (1, 0.27, 0, 0, 1, 0), resample, fillcolor=fill)),
-        ("TranslateY", lambda im, fill, resample: im.transform(
-            im.size, Image.Transform.AFFINE, (1, 0, 0, 0, 1, 0.405 * 16), resample,
-            fillcolor=fill)),
+        (
+            "ShearX",
+            lambda im, fill, resample: im.transform(
+                im.size, Image.Transform.AFFINE, (1, 0.27, 0, 0, 1, 0), resample, fillcolor=fill
+            ),
+        ),
+        (
+            "TranslateY",
+            lambda im, fill, resample: im.transform(
+                im.size,
+                Image.Transform.AFFINE,
+                (1, 0, 0, 0, 1, 0.405 * 16),
+                resample,
+                fillcolor=fill,
+            ),
+        ),
     ],
 )
 def test_randaugment_geometric_ops_resample_bicubic_as_deit(name, reference):
@@ -563,7 +584,7 @@ def test_randaugment_geometric_ops_resample_bicubic_as_deit(name, reference):
 
 def test_sources_resize_to_image_size_bicubic_as_deit():
     image = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
-    out = sources.to_rgb_uint8(image, 16)
+    out = specs.to_rgb_uint8(image, 16)
     resize = lambda resample: np.asarray(Image.fromarray(image).resize((16, 16), resample))  # noqa: E731
     np.testing.assert_array_equal(out, resize(Image.Resampling.BICUBIC))
     assert not np.array_equal(out, resize(Image.Resampling.BILINEAR))
@@ -590,8 +611,9 @@ def test_normalisation_is_imagenet_by_default_as_deit_or_the_dataset_own(
 
 def test_unknown_normalisation_names_the_choices():
     with pytest.raises(ValueError, match=r"normalization='cifar'; choose one of \('imagenet'"):
-        data.create_train_iterator(digits_config(normalization="cifar"), global_batch_size=8,
-                                   seed=0)
+        data.create_train_iterator(
+            digits_config(normalization="cifar"), global_batch_size=8, seed=0
+        )
 
 
 # --- epochs and repeated augmentation, on generated folders whose labels name the examples -------
@@ -610,8 +632,10 @@ def one_image_per_class(root, num_examples):
 
 
 def epoch_labels(iterator, steps_per_epoch, num_epochs=2):
-    return [np.concatenate([b["label"] for b in take(iterator, steps_per_epoch)])
-            for _ in range(num_epochs)]
+    return [
+        np.concatenate([b["label"] for b in take(iterator, steps_per_epoch)])
+        for _ in range(num_epochs)
+    ]
 
 
 def test_two_epochs_differ_in_order_and_together_see_every_example(tmp_path):
@@ -632,7 +656,7 @@ def test_repeated_augmentation_shows_each_selected_image_r_times_in_one_batch(tm
     config.repeated_augmentation = 3
     iterator = data.create_train_iterator(config, global_batch_size=6, seed=0)
     batches = take(iterator, 12)
-    epochs = [np.concatenate([b["label"] for b in batches[e * 6:(e + 1) * 6]]) for e in range(2)]
+    epochs = [np.concatenate([b["label"] for b in batches[e * 6 : (e + 1) * 6]]) for e in range(2)]
     for labels in epochs:
         assert len(labels) == 36
         np.testing.assert_array_equal(np.unique(labels, return_counts=True)[1], [3] * 12)

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from prs_jax import evaluate, metrics, train
+from prs_jax import evaluate
+from prs_jax.training import metrics, train
 from tests.test_configs import load
 from tests.test_folders import CLASSES, write_images
 
@@ -54,8 +55,13 @@ def test_evaluation_of_the_last_checkpoint_matches_the_runs_final_eval(trained_r
 def test_data_overrides_evaluate_another_split_of_another_root(trained_run):
     workdir, other = trained_run
     results = evaluate.evaluate_checkpoint(
-        workdir, overrides={"data.folder_root": other, "data.eval_split": "test",
-                            "data.folder_validation_fraction": 0.0, "eval_batch_size": 4},
+        workdir,
+        overrides={
+            "data.folder_root": other,
+            "data.eval_split": "test",
+            "data.folder_validation_fraction": 0.0,
+            "eval_batch_size": 4,
+        },
     )
     assert results["split"] == "test"
     assert results["num_examples"] == TEST_PER_CLASS * len(CLASSES)
@@ -84,10 +90,20 @@ def test_command_line_prints_and_writes_the_metrics(trained_run, tmp_path):
     workdir, other = trained_run
     output = tmp_path / "test.json"
     result = subprocess.run(
-        [sys.executable, "-m", "prs_jax.evaluate", f"--workdir={workdir}", f"--output={output}",
-         f"--config.data.folder_root={other}", "--config.data.eval_split=test",
-         "--config.data.folder_validation_fraction=0", "--config.eval_batch_size=4"],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-m",
+            "prs_jax.evaluate",
+            f"--workdir={workdir}",
+            f"--output={output}",
+            f"--config.data.folder_root={other}",
+            "--config.data.eval_split=test",
+            "--config.data.folder_validation_fraction=0",
+            "--config.eval_batch_size=4",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
         env={**os.environ, "PRS_JAX_CPU_DEVICES": "2"},
     )
     written = json.loads(output.read_text())

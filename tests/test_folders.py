@@ -184,10 +184,14 @@ def test_images_kept_in_memory_are_the_records_read_from_files(tmp_path, native_
     write_noise_images(tmp_path / "train", per_class=6)
     held_out = dict(eval_split="validation", folder_validation_fraction=0.5)
     for split in ("train", "validation"):
-        cached = sources.open_source(folder_config(tmp_path, **held_out), split,
-                                     native_size=native_size)
-        files = sources.open_source(folder_config(tmp_path, **held_out, folder_cache="never"),
-                                    split, native_size=native_size)
+        cached = sources.open_source(
+            folder_config(tmp_path, **held_out), split, native_size=native_size
+        )
+        files = sources.open_source(
+            folder_config(tmp_path, **held_out, folder_cache="never"),
+            split,
+            native_size=native_size,
+        )
         assert cached.in_memory and not files.in_memory
         assert len(cached) == len(files) == 9
         for i in range(len(files)):

@@ -15,7 +15,12 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from scipy import ndimage
 
-from prs_jax import fourier, models, train
+from prs_jax import fourier, models
+from prs_jax.analysis import fourier as fourier_lib
+from prs_jax.analysis import spectra as spectral
+from prs_jax.training import state as train_state
+from prs_jax.training import steps as train_steps
+from prs_jax.training import train
 from tests.test_configs import load
 
 EULER_GAMMA = 0.5772156649015329
@@ -50,7 +55,7 @@ def test_agrees_with_a_plain_numpy_implementation(size):
     # Random maps with some spatial correlation (a running sum), so the spectrum is not flat.
     feature_map = np.cumsum(noise((4, size, size, 6)), axis=1)
     np.testing.assert_allclose(
-        fourier.relative_log_amplitude(feature_map),
+        spectral.relative_log_amplitude(feature_map),
         numpy_relative_log_amplitude(feature_map),
         atol=1e-4,
     )
@@ -70,14 +75,14 @@ def test_white_noise_is_flat_at_half_log_two_above_zero_frequency(size):
     num_samples = 64 * 256  # examples x channels
     standard_error = math.sqrt((math.pi**2 / 24 + math.pi**2 / 8) / num_samples)
 
-    values = np.asarray(fourier.relative_log_amplitude(noise((64, size, size, 256))))
+    values = np.asarray(spectral.relative_log_amplitude(noise((64, size, size, 256))))
     assert values[0] == 0.0
     np.testing.assert_allclose(values[1:], expected, atol=5 * standard_error)
 
 
 def test_blurred_noise_has_strongly_negative_high_frequencies():
     blurred = ndimage.gaussian_filter(noise((8, 16, 16, 16)), sigma=(0, 1.5, 1.5, 0), mode="wrap")
-    values = np.asarray(fourier.relative_log_amplitude(blurred))
+    values = np.asarray(spectral.relative_log_amplitude(blurred))
     assert values[-1] < -10.0
     assert np.all(np.diff(values[1:]) < 0)  # monotonically lower towards pi
 
@@ -91,7 +96,7 @@ def test_a_circular_filter_shifts_the_spectrum_by_its_transfer_function():
     # [1, 2, 1] / 4 per axis has the transfer function (1 + cos w) / 2; the diagonal has w on both.
     transfer = ((1 + np.cos(2 * np.pi * k / 16)) / 2) ** 2
     np.testing.assert_allclose(
-        fourier.relative_log_amplitude(blurred) - fourier.relative_log_amplitude(x),
+        spectral.relative_log_amplitude(blurred) - spectral.relative_log_amplitude(x),
         np.log(transfer),
         atol=1e-3,
     )
@@ -101,7 +106,7 @@ def test_a_circular_filter_shifts_the_spectrum_by_its_transfer_function():
 def test_a_positive_scale_changes_nothing(scale):
     x = noise((4, 16, 16, 8))
     np.testing.assert_allclose(
-        fourier.relative_log_amplitude(scale * x), fourier.relative_log_amplitude(x), atol=1e-4
+        spectral.relative_log_amplitude(scale * x), spectral.relative_log_amplitude(x), atol=1e-4
     )
 
 
@@ -110,7 +115,7 @@ def test_a_positive_scale_changes_nothing(scale):
     [(16, 16, 3, 3, 3), (9, 9, 2, 2, 2), (8, 16, 1, 2, 1), (16, 8, 2, 1, 1)],
 )
 def test_one_known_frequency_peaks_where_it_should(height, width, rows_k, cols_k, peak):
-    values = np.asarray(fourier.relative_log_amplitude(plane_wave(height, width, rows_k, cols_k)))
+    values = np.asarray(spectral.relative_log_amplitude(plane_wave(height, width, rows_k, cols_k)))
     # |F| is H W at zero frequency and H W / 2 at the wave's frequency: log(1/2) relative.
     assert np.argmax(values[1:]) + 1 == peak
     np.testing.assert_allclose(values[peak], math.log(0.5), atol=1e-3)
@@ -128,13 +133,13 @@ def test_one_known_frequency_peaks_where_it_should(height, width, rows_k, cols_k
 )
 def test_odd_and_non_square_maps_define_the_diagonal(height, width, frequencies_2pi, rows, cols):
     np.testing.assert_allclose(
-        fourier.diagonal_frequencies(height, width),
+        spectral.diagonal_frequencies(height, width),
         2 * np.pi * np.array(frequencies_2pi),
         rtol=1e-6,
     )
-    got_rows, got_cols = fourier.diagonal_indices(height, width)
+    got_rows, got_cols = spectral.diagonal_indices(height, width)
     assert got_rows.tolist() == rows and got_cols.tolist() == cols
-    values = fourier.relative_log_amplitude(noise((2, height, width, 3)))
+    values = spectral.relative_log_amplitude(noise((2, height, width, 3)))
     assert values.shape == (len(rows),)
 
 
@@ -142,17 +147,17 @@ def test_odd_and_non_square_maps_define_the_diagonal(height, width, frequencies_
 def test_a_transposed_map_has_the_same_spectrum(shape):
     x = np.cumsum(noise((3,) + shape + (5,)), axis=2)
     np.testing.assert_allclose(
-        fourier.relative_log_amplitude(x),
-        fourier.relative_log_amplitude(np.swapaxes(x, 1, 2)),
+        spectral.relative_log_amplitude(x),
+        spectral.relative_log_amplitude(np.swapaxes(x, 1, 2)),
         atol=1e-5,
     )
 
 
 def test_float32_whatever_the_input_dtype_and_jit_able():
     x = jnp.asarray(noise((4, 8, 8, 16)), jnp.bfloat16)
-    values = jax.jit(fourier.relative_log_amplitude)(x)
+    values = jax.jit(spectral.relative_log_amplitude)(x)
     assert values.dtype == jnp.float32
-    expected = fourier.relative_log_amplitude(x.astype(jnp.float32))
+    expected = spectral.relative_log_amplitude(x.astype(jnp.float32))
     np.testing.assert_allclose(values, expected, atol=1e-5)
 
 
@@ -196,7 +201,7 @@ def init(model, image_size):
 def test_vit_has_embedding_then_attention_and_mlp_per_block(overrides):
     model = tiny_vit(**overrides)
     variables, images, conv_strength = init(model, 16)
-    spectra, kinds = fourier.model_spectra(model, variables, images, conv_strength)
+    spectra, kinds = spectral.model_spectra(model, variables, images, conv_strength)
     assert kinds == ("embedding",) + ("attention", "mlp") * 3  # 1 + 2 x depth
     assert spectra.shape == (7, 4) and spectra.dtype == np.float32  # 8 x 8 token grid
     assert np.all(np.isfinite(spectra)) and np.all(spectra[:, 0] == 0)
@@ -205,21 +210,25 @@ def test_vit_has_embedding_then_attention_and_mlp_per_block(overrides):
 def test_model_spectra_are_the_spectra_of_the_sown_feature_maps():
     model = tiny_vit()
     variables, images, conv_strength = init(model, 16)
-    spectra, _ = fourier.model_spectra(model, variables, images, conv_strength)
+    spectra, _ = spectral.model_spectra(model, variables, images, conv_strength)
     _, maps = jax.jit(functools.partial(models.apply_with_feature_maps, model))(
         variables, images, conv_strength
     )
     np.testing.assert_allclose(
-        spectra, np.stack([fourier.relative_log_amplitude(m) for m in maps]), atol=1e-5
+        spectra, np.stack([spectral.relative_log_amplitude(m) for m in maps]), atol=1e-5
     )
 
 
 RESNET18_KINDS = ("embedding",) + ("convolution",) * 2 + ("downsampling", "convolution") * 3
 RESNET50_KINDS = (
-    ("embedding", "downsampling") + ("convolution",) * 2
-    + ("downsampling",) + ("convolution",) * 3
-    + ("downsampling",) + ("convolution",) * 5
-    + ("downsampling",) + ("convolution",) * 2
+    ("embedding", "downsampling")
+    + ("convolution",) * 2
+    + ("downsampling",)
+    + ("convolution",) * 3
+    + ("downsampling",)
+    + ("convolution",) * 5
+    + ("downsampling",)
+    + ("convolution",) * 2
 )
 
 
@@ -235,7 +244,7 @@ RESNET50_KINDS = (
 def test_resnet_has_stem_then_every_residual_block(name, stem, image_size, kinds, lengths):
     model = models.create_model(name, num_classes=10, stem=stem, width=4)
     variables, images, _ = init(model, image_size)
-    spectra, got_kinds = fourier.model_spectra(model, variables, images)
+    spectra, got_kinds = spectral.model_spectra(model, variables, images)
     assert got_kinds == kinds and len(kinds) == len(lengths)
     # Rows as long as each map's diagonal, NaN-padded to the longest.
     assert spectra.shape == (len(kinds), max(lengths))
@@ -243,19 +252,22 @@ def test_resnet_has_stem_then_every_residual_block(name, stem, image_size, kinds
     # The last value of each row; none for a 1 x 1 or 2 x 2 map (zero frequency only).
     last = spectra[np.arange(len(lengths)), np.array(lengths) - 1]
     expected = np.where(np.array(lengths) > 1, last, np.nan)
-    np.testing.assert_array_equal(fourier.high_frequency(spectra), expected)
+    np.testing.assert_array_equal(spectral.high_frequency(spectra), expected)
 
 
 def test_spectra_step_over_masked_batches_equals_one_pass():
     model = tiny_vit()
     variables, images, _ = init(model, 16)
-    state = train.TrainState(
-        step=jnp.asarray(5, jnp.int32), params=variables["params"], batch_stats={},
-        opt_state=None, rng=None,
+    state = train_state.TrainState(
+        step=jnp.asarray(5, jnp.int32),
+        params=variables["params"],
+        batch_stats={},
+        opt_state=None,
+        rng=None,
     )
     # The strengths the weights were last trained with, at step - 1 = 4, as in evaluation.
     conv_strength_fn = lambda step: jnp.where(step == 4, 1.0, 0.0) * jnp.ones(2)  # noqa: E731
-    step_fn = jax.jit(fourier.make_spectra_step(model, conv_strength_fn))
+    step_fn = jax.jit(spectral.make_spectra_step(model, conv_strength_fn))
     # The 4 images in two batches of 4, each half padding (garbage images, mask False).
     garbage = 100 * noise((2, 16, 16, 3))
     mask = np.array([True, True, False, False])
@@ -263,33 +275,37 @@ def test_spectra_step_over_masked_batches_equals_one_pass():
         {"image": np.concatenate([images[:2], garbage]), "mask": mask},
         {"image": np.concatenate([images[2:], garbage]), "mask": mask},
     ]
-    totals = fourier.accumulate_spectra(step_fn, state, batches, num_images=100)
+    totals = fourier_lib.accumulate_spectra(step_fn, state, batches, num_images=100)
     assert totals["count"] == 4
-    one_pass, _ = fourier.model_spectra(model, variables, images, jnp.ones(2))
-    np.testing.assert_allclose(fourier.mean_spectra(totals), one_pass, atol=1e-5)
+    one_pass, _ = spectral.model_spectra(model, variables, images, jnp.ones(2))
+    np.testing.assert_allclose(spectral.mean_spectra(totals), one_pass, atol=1e-5)
     # num_images stops the count mid-batch.
-    assert fourier.accumulate_spectra(step_fn, state, batches, num_images=3)["count"] == 3
+    assert fourier_lib.accumulate_spectra(step_fn, state, batches, num_images=3)["count"] == 3
 
 
 def test_spectra_step_runs_data_parallel_as_the_train_loop_would():
     model = tiny_vit()
     variables, images, _ = init(model, 16)
-    state = train.TrainState(
-        step=jnp.asarray(1, jnp.int32), params=variables["params"], batch_stats={},
-        opt_state=None, rng=None,
+    state = train_state.TrainState(
+        step=jnp.asarray(1, jnp.int32),
+        params=variables["params"],
+        batch_stats={},
+        opt_state=None,
+        rng=None,
     )
-    step_fn = fourier.make_spectra_step(model, lambda step: jnp.zeros((2,), jnp.float32))
-    mesh = train.create_mesh()
+    step_fn = spectral.make_spectra_step(model, lambda step: jnp.zeros((2,), jnp.float32))
+    mesh = train_state.create_mesh()
     data_sharding, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
     sharded = jax.jit(step_fn, in_shardings=(replicated, data_sharding), out_shardings=replicated)
     batch = {"image": np.asarray(images), "mask": np.ones((4,), bool)}
     kinds = model.feature_map_kinds()
-    scalars = fourier.high_frequency_scalars(
-        sharded(state, train.to_global(batch, data_sharding)), kinds
+    scalars = spectral.high_frequency_scalars(
+        sharded(state, train_steps.to_global(batch, data_sharding)), kinds
     )
-    expected = fourier.high_frequency_scalars(jax.jit(step_fn)(state, batch), kinds)
+    expected = spectral.high_frequency_scalars(jax.jit(step_fn)(state, batch), kinds)
     assert list(scalars)[:2] == [
-        "fourier/high_frequency/block_00_embedding", "fourier/high_frequency/block_01_attention"
+        "fourier/high_frequency/block_00_embedding",
+        "fourier/high_frequency/block_01_attention",
     ]
     np.testing.assert_allclose(list(scalars.values()), list(expected.values()), atol=1e-5)
 
@@ -310,8 +326,8 @@ def test_spectra_step_runs_data_parallel_as_the_train_loop_would():
     ],
 )
 def test_run_label_names_the_model_and_its_schedule(config_name, arg, label):
-    assert fourier.run_label(load(config_name)(arg)) == label
-    assert fourier.run_label(load(config_name)(arg), "/runs/a/") == "a: " + label
+    assert fourier_lib.run_label(load(config_name)(arg)) == label
+    assert fourier_lib.run_label(load(config_name)(arg), "/runs/a/") == "a: " + label
 
 
 NUM_BLOCKS = 5  # embedding + 2 x (attention, mlp)
@@ -356,12 +372,12 @@ def test_command_line_compares_runs_on_one_depth_plot(tiny_run, tmp_path):
     # A second run from a saved npz: an untrained ResNet-18, whose later rows are NaN-padded.
     model = models.create_model("resnet18", num_classes=10, stem="cifar", width=4)
     variables, images, _ = init(model, 16)
-    spectra, kinds = fourier.model_spectra(model, variables, images)
+    spectra, kinds = spectral.model_spectra(model, variables, images)
     shapes = [[16, 16]] * 3 + [[8, 8]] * 2 + [[4, 4]] * 2 + [[2, 2]] * 2
     resnet_npz = str(tmp_path / "resnet.npz")
-    fourier.FourierResult(
+    fourier_lib.FourierResult(
         spectra=spectra,
-        frequencies=fourier.stack_padded([fourier.diagonal_frequencies(*s) for s in shapes]),
+        frequencies=spectral.stack_padded([spectral.diagonal_frequencies(*s) for s in shapes]),
         kinds=kinds,
         map_shapes=np.array(shapes),
         label="resnet18 (untrained)",

@@ -97,8 +97,11 @@ def test_conv_mode_heads_of_convit_ti_average_the_2x2_neighbours_that_exist():
     for head, (dx, dy) in enumerate(kernel_offsets(4)):
         square = [(int(dy + a), int(dx + b)) for a in (-0.5, 0.5) for b in (-0.5, 0.5)]
         for row, col in np.ndindex(GRID, GRID):
-            present = [np.asarray(x[:, row + r, col + c]) for r, c in square
-                       if 0 <= row + r < GRID and 0 <= col + c < GRID]
+            present = [
+                np.asarray(x[:, row + r, col + c])
+                for r, c in square
+                if 0 <= row + r < GRID and 0 <= col + c < GRID
+            ]
             renormalised[:, row, col] += np.mean(present, axis=0) @ np.asarray(taps[head])
             zero_padded[:, row, col] += np.sum(present, axis=0) / 4 @ np.asarray(taps[head])
     np.testing.assert_allclose(out, renormalised, atol=1e-4)
@@ -114,7 +117,7 @@ def test_default_locality_strength_gives_each_head_a_broad_gaussian():
     positional = attention_weights(layer, params, x, 1.0)[0]
     query = 3 * GRID + 3
     centre_head = 4  # offset (0, 0)
-    per_axis = np.exp(-np.arange(-3.0, 4.0) ** 2)
+    per_axis = np.exp(-(np.arange(-3.0, 4.0) ** 2))
     expected = 1.0 / per_axis.sum() ** 2
     assert float(positional[centre_head, query, query]) == pytest.approx(expected, rel=1e-5)
     assert expected == pytest.approx(0.318, abs=1e-3)
@@ -143,7 +146,9 @@ def test_conv_mode_ignores_qk_and_gate_gradient_is_zero():
 def test_output_is_continuous_in_conv_strength():
     layer, params, x = init_layer()
     params = randomise(params, ["qk"])
-    outs = [layer.apply({"params": params}, x, jnp.float32(s)) for s in (1.0, 1.0 - 1e-4, 1e-4, 0.0)]
+    outs = [
+        layer.apply({"params": params}, x, jnp.float32(s)) for s in (1.0, 1.0 - 1e-4, 1e-4, 0.0)
+    ]
     assert jnp.abs(outs[0] - outs[1]).max() < 1e-3
     assert jnp.abs(outs[2] - outs[3]).max() < 1e-3
     assert jnp.abs(outs[0] - outs[3]).max() > 1e-2  # the two ends do differ

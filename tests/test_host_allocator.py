@@ -1,8 +1,8 @@
-"""When `python -m prs_jax.main` keeps freed host memory for reuse (prs_jax.host_allocator)."""
+"""When `python -m prs_jax.main` keeps freed host memory for reuse (prs_jax.cpu.host_allocator)."""
 
 import pytest
 
-from prs_jax import host_allocator
+from prs_jax.cpu import host_allocator
 
 
 @pytest.fixture

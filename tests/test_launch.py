@@ -81,8 +81,12 @@ def run_script(script: str, *args: str, settings=None, bin_dir=None, cwd=None, e
         environ["PATH"] = f"{bin_dir}{os.pathsep}{environ['PATH']}"
     environ.update(env or {})
     return subprocess.run(
-        ["bash", str(LAUNCH / script), *args], env=environ, cwd=cwd, capture_output=True,
-        text=True, timeout=60,
+        ["bash", str(LAUNCH / script), *args],
+        env=environ,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -104,10 +108,13 @@ def matches(documented: str, recorded: str, values: dict[str, str]) -> bool:
     """
     pattern, position = "", 0
     for match in re.finditer(r"\[([^\]]*)\]|\b([A-Z][A-Z_]+)\b", documented):
-        pattern += re.escape(documented[position:match.start()])
+        pattern += re.escape(documented[position : match.start()])
         if match.group(1) is not None:
-            inner = re.sub(r"\b([A-Z][A-Z_]+)\b", lambda m: re.escape(values.get(m[1], m[1])),
-                           re.escape(match.group(1)).replace(r"\ ", " "))
+            inner = re.sub(
+                r"\b([A-Z][A-Z_]+)\b",
+                lambda m: re.escape(values.get(m[1], m[1])),
+                re.escape(match.group(1)).replace(r"\ ", " "),
+            )
             pattern += f"(?:{inner})?"
         else:
             pattern += re.escape(values.get(match.group(2), match.group(2)))
@@ -159,8 +166,14 @@ def test_every_script_is_strict_bash_with_usage():
 @pytest.mark.parametrize("settings", [SINGLE_HOST, MULTI_HOST], ids=["v4-8", "v4-32"])
 def test_tpu_lifecycle_runs_the_documented_commands(fake_gcloud, settings, tmp_path):
     bin_dir, calls = fake_gcloud
-    values = {**settings, "LAUNCH_DIR": str(LAUNCH), "CONFIG": "configs/cifar100.py:prs",
-              "WORKER": "0", "DEST": str(tmp_path / "results"), "MAIN_ARGS": "--config.batch_size=256"}
+    values = {
+        **settings,
+        "LAUNCH_DIR": str(LAUNCH),
+        "CONFIG": "configs/cifar100.py:prs",
+        "WORKER": "0",
+        "DEST": str(tmp_path / "results"),
+        "MAIN_ARGS": "--config.batch_size=256",
+    }
     steps = [
         ("tpu/create.sh", []),
         ("tpu/setup.sh", []),
@@ -183,7 +196,10 @@ def test_tpu_lifecycle_runs_the_documented_commands(fake_gcloud, settings, tmp_p
         f" --accelerator-type={settings['ACCELERATOR_TYPE']} --version=tpu-ubuntu2204-base"
     )
     # Setup and training reach every worker; training starts one process per host, together.
-    assert f"gcloud compute tpus tpu-vm scp {LAUNCH}/worker.sh {name}:prs_jax_worker.sh {where} --worker=all" in recorded
+    assert (
+        f"gcloud compute tpus tpu-vm scp {LAUNCH}/worker.sh {name}:prs_jax_worker.sh {where} --worker=all"
+        in recorded
+    )
     assert recorded[2] == (
         f"gcloud compute tpus tpu-vm ssh {name} {where} --worker=all --command"
         " 'bash prs_jax_worker.sh setup --repo=https://github.com/example/prs_jax --ref=v0.1.0"
@@ -196,7 +212,10 @@ def test_tpu_lifecycle_runs_the_documented_commands(fake_gcloud, settings, tmp_p
         " --config=configs/cifar100.py:prs --config.batch_size=256'"
     )
     assert recorded[4].endswith("--worker=0 --command 'bash prs_jax_worker.sh logs'")
-    assert recorded[5] == f"gcloud storage rsync --recursive gs://my-bucket/runs/cifar100_prs {tmp_path / 'results'}"
+    assert (
+        recorded[5]
+        == f"gcloud storage rsync --recursive gs://my-bucket/runs/cifar100_prs {tmp_path / 'results'}"
+    )
     assert recorded[-1] == f"gcloud compute tpus tpu-vm delete {name} {where} --quiet"
     assert (tmp_path / "results").is_dir()
 
@@ -205,8 +224,9 @@ def test_tpu_spot_and_queued_resources(fake_gcloud):
     bin_dir, calls = fake_gcloud
     for args in (["--spot"], ["--queued"], ["--queued", "--spot"]):
         before = len(calls())
-        result = run_script("tpu/create.sh", *args, settings=MULTI_HOST, bin_dir=bin_dir,
-                            env={"PRS_POLL_S": "0"})
+        result = run_script(
+            "tpu/create.sh", *args, settings=MULTI_HOST, bin_dir=bin_dir, env={"PRS_POLL_S": "0"}
+        )
         assert result.returncode == 0, result.stderr
         assert_documented("tpu/create.sh", calls()[before:], MULTI_HOST)
     recorded = calls()
@@ -233,7 +253,12 @@ def test_a_single_host_may_keep_its_workdir_on_the_vm(fake_gcloud, tmp_path):
     settings = {**SINGLE_HOST, "WORKDIR": "/home/me/runs/digits"}
     assert run_script("tpu/train.sh", settings=settings, bin_dir=bin_dir).returncode == 0
     assert "--workdir=/home/me/runs/digits" in calls()[-1]
-    assert run_script("tpu/copy.sh", f"--dest={tmp_path}", settings=settings, bin_dir=bin_dir).returncode == 0
+    assert (
+        run_script(
+            "tpu/copy.sh", f"--dest={tmp_path}", settings=settings, bin_dir=bin_dir
+        ).returncode
+        == 0
+    )
     values = {**settings, "DEST": str(tmp_path)}
     assert_documented("tpu/copy.sh", calls()[1:], values)
     assert calls()[1] == (
@@ -245,23 +270,40 @@ def test_a_single_host_may_keep_its_workdir_on_the_vm(fake_gcloud, tmp_path):
 def test_flags_after_the_separator_may_bring_their_own_config(fake_gcloud):
     """What prs_jax.sweep prints for a run (its --config and overrides) can follow `--`."""
     bin_dir, calls = fake_gcloud
-    result = run_script("tpu/train.sh", "--", "--config=configs/cifar100.py:convit,epochs=100",
-                        "--config.seed=3", settings=MULTI_HOST, bin_dir=bin_dir)
+    result = run_script(
+        "tpu/train.sh",
+        "--",
+        "--config=configs/cifar100.py:convit,epochs=100",
+        "--config.seed=3",
+        settings=MULTI_HOST,
+        bin_dir=bin_dir,
+    )
     assert result.returncode == 0, result.stderr
     assert calls()[-1].endswith(
         "-- --jax_distributed --config=configs/cifar100.py:convit,epochs=100 --config.seed=3'"
     )
-    assert_documented("tpu/train.sh", calls(), {**MULTI_HOST, "MAIN_ARGS": "--config=configs/cifar100.py:convit,epochs=100 --config.seed=3"})
-    result = run_script("tpu/train.sh", "--", "--workdir=gs://b/other", settings=MULTI_HOST,
-                        bin_dir=bin_dir)
-    assert result.returncode == 2 and "give the workdir with --workdir or PRS_WORKDIR" in result.stderr
+    assert_documented(
+        "tpu/train.sh",
+        calls(),
+        {
+            **MULTI_HOST,
+            "MAIN_ARGS": "--config=configs/cifar100.py:convit,epochs=100 --config.seed=3",
+        },
+    )
+    result = run_script(
+        "tpu/train.sh", "--", "--workdir=gs://b/other", settings=MULTI_HOST, bin_dir=bin_dir
+    )
+    assert (
+        result.returncode == 2 and "give the workdir with --workdir or PRS_WORKDIR" in result.stderr
+    )
     assert len(calls()) == 1
 
 
 def test_a_multi_host_slice_needs_a_gs_workdir(fake_gcloud):
     bin_dir, calls = fake_gcloud
-    result = run_script("tpu/train.sh", settings={**MULTI_HOST, "WORKDIR": "/home/me/run"},
-                        bin_dir=bin_dir)
+    result = run_script(
+        "tpu/train.sh", settings={**MULTI_HOST, "WORKDIR": "/home/me/run"}, bin_dir=bin_dir
+    )
     assert result.returncode == 2
     assert "v4-32 has 4 hosts: the workdir must be on gs://" in result.stderr
     assert calls() == []
@@ -270,20 +312,44 @@ def test_a_multi_host_slice_needs_a_gs_workdir(fake_gcloud):
 @pytest.mark.parametrize(
     "script, missing, message",
     [
-        ("tpu/create.sh", "PROJECT", "error: project is not set: set PRS_PROJECT or pass --project="),
+        (
+            "tpu/create.sh",
+            "PROJECT",
+            "error: project is not set: set PRS_PROJECT or pass --project=",
+        ),
         ("tpu/create.sh", "ZONE", "error: zone is not set: set PRS_ZONE or pass --zone="),
-        ("tpu/create.sh", "ACCELERATOR_TYPE",
-         "error: accelerator_type is not set: set PRS_ACCELERATOR_TYPE or pass --accelerator-type="),
-        ("tpu/create.sh", "RUNTIME_VERSION",
-         "error: runtime_version is not set: set PRS_RUNTIME_VERSION or pass --runtime-version="),
+        (
+            "tpu/create.sh",
+            "ACCELERATOR_TYPE",
+            "error: accelerator_type is not set: set PRS_ACCELERATOR_TYPE or pass --accelerator-type=",
+        ),
+        (
+            "tpu/create.sh",
+            "RUNTIME_VERSION",
+            "error: runtime_version is not set: set PRS_RUNTIME_VERSION or pass --runtime-version=",
+        ),
         ("tpu/create.sh", "NAME", "error: name is not set: set PRS_NAME or pass --name="),
-        ("tpu/train.sh", "WORKDIR", "error: workdir is not set: set PRS_WORKDIR or pass --workdir="),
-        ("tpu/train.sh", "TFDS_DATA_DIR",
-         "error: tfds_data_dir is not set: set PRS_TFDS_DATA_DIR or pass --tfds-data-dir="),
+        (
+            "tpu/train.sh",
+            "WORKDIR",
+            "error: workdir is not set: set PRS_WORKDIR or pass --workdir=",
+        ),
+        (
+            "tpu/train.sh",
+            "TFDS_DATA_DIR",
+            "error: tfds_data_dir is not set: set PRS_TFDS_DATA_DIR or pass --tfds-data-dir=",
+        ),
         ("tpu/copy.sh", "WORKDIR", "error: workdir is not set: set PRS_WORKDIR or pass --workdir="),
-        ("gpu/create.sh", "MACHINE_TYPE",
-         "error: machine_type is not set: set PRS_MACHINE_TYPE or pass --machine-type="),
-        ("gpu/train.sh", "WORKDIR", "error: workdir is not set: set PRS_WORKDIR or pass --workdir="),
+        (
+            "gpu/create.sh",
+            "MACHINE_TYPE",
+            "error: machine_type is not set: set PRS_MACHINE_TYPE or pass --machine-type=",
+        ),
+        (
+            "gpu/train.sh",
+            "WORKDIR",
+            "error: workdir is not set: set PRS_WORKDIR or pass --workdir=",
+        ),
     ],
 )
 def test_a_missing_setting_fails_with_its_message(fake_gcloud, tmp_path, script, missing, message):
@@ -301,22 +367,45 @@ def test_setup_takes_the_repository_from_origin(fake_gcloud, tmp_path):
     shutil.copytree(LAUNCH, tmp_path / "launch")
     settings = {f"PRS_{k}": v for k, v in SINGLE_HOST.items() if k != "REPO"}
     result = subprocess.run(
-        ["bash", str(tmp_path / "launch" / "tpu" / "setup.sh")], capture_output=True, text=True,
-        env={**{k: v for k, v in os.environ.items() if not k.startswith("PRS_")}, **settings,
-             "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "GIT_CEILING_DIRECTORIES": str(tmp_path)},
+        ["bash", str(tmp_path / "launch" / "tpu" / "setup.sh")],
+        capture_output=True,
+        text=True,
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("PRS_")},
+            **settings,
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+            "GIT_CEILING_DIRECTORIES": str(tmp_path),
+        },
         timeout=60,
     )
     assert result.returncode == 2
-    assert result.stderr.startswith("error: repo is not set: set PRS_REPO or pass --repo="), result.stderr
+    assert result.stderr.startswith("error: repo is not set: set PRS_REPO or pass --repo="), (
+        result.stderr
+    )
     assert calls() == []
     # In a clone whose origin is GitHub over ssh, the VMs clone the same repository over https.
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
-    subprocess.run(["git", "-C", str(tmp_path), "remote", "add", "origin",
-                    "git@github.com:example/prs_jax.git"], check=True)
+    subprocess.run(
+        [
+            "git",
+            "-C",
+            str(tmp_path),
+            "remote",
+            "add",
+            "origin",
+            "git@github.com:example/prs_jax.git",
+        ],
+        check=True,
+    )
     result = subprocess.run(
-        ["bash", str(tmp_path / "launch" / "tpu" / "setup.sh")], capture_output=True, text=True,
-        env={**{k: v for k, v in os.environ.items() if not k.startswith("PRS_")}, **settings,
-             "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"},
+        ["bash", str(tmp_path / "launch" / "tpu" / "setup.sh")],
+        capture_output=True,
+        text=True,
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("PRS_")},
+            **settings,
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        },
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
@@ -325,10 +414,18 @@ def test_setup_takes_the_repository_from_origin(fake_gcloud, tmp_path):
 
 def test_flags_override_variables_and_unknown_flags_fail(fake_gcloud):
     bin_dir, calls = fake_gcloud
-    result = run_script("tpu/delete.sh", "--name=other", "--zone", "europe-west4-a",
-                        settings=SINGLE_HOST, bin_dir=bin_dir)
+    result = run_script(
+        "tpu/delete.sh",
+        "--name=other",
+        "--zone",
+        "europe-west4-a",
+        settings=SINGLE_HOST,
+        bin_dir=bin_dir,
+    )
     assert result.returncode == 0
-    assert calls() == ["gcloud compute tpus tpu-vm delete other --project=my-project --zone=europe-west4-a --quiet"]
+    assert calls() == [
+        "gcloud compute tpus tpu-vm delete other --project=my-project --zone=europe-west4-a --quiet"
+    ]
     result = run_script("tpu/delete.sh", "--nmae=other", settings=SINGLE_HOST, bin_dir=bin_dir)
     assert result.returncode == 2 and "unknown flag --nmae" in result.stderr
 
@@ -342,7 +439,9 @@ def test_dry_run_prints_the_commands_and_runs_none(fake_gcloud, tmp_path):
     assert executed.returncode == printed.returncode == 0
     assert printed.stdout.splitlines() == recorded
     assert calls() == recorded  # nothing more ran
-    queued = run_script("tpu/create.sh", "--queued", "--dry-run", settings=MULTI_HOST, bin_dir=bin_dir)
+    queued = run_script(
+        "tpu/create.sh", "--queued", "--dry-run", settings=MULTI_HOST, bin_dir=bin_dir
+    )
     assert len(queued.stdout.splitlines()) == 2 and calls() == recorded
 
 
@@ -351,8 +450,13 @@ def test_dry_run_prints_the_commands_and_runs_none(fake_gcloud, tmp_path):
 
 def test_gpu_lifecycle_runs_the_documented_commands(fake_gcloud, tmp_path):
     bin_dir, calls = fake_gcloud
-    values = {**SETTINGS, "LAUNCH_DIR": str(LAUNCH), "CONFIG": "configs/cifar100.py:deit",
-              "DEST": str(tmp_path), "IMAGE_FAMILY": "common-cu128-ubuntu-2204-nvidia-570"}
+    values = {
+        **SETTINGS,
+        "LAUNCH_DIR": str(LAUNCH),
+        "CONFIG": "configs/cifar100.py:deit",
+        "DEST": str(tmp_path),
+        "IMAGE_FAMILY": "common-cu128-ubuntu-2204-nvidia-570",
+    }
     steps = [
         ("gpu/create.sh", ["--spot"]),
         ("gpu/setup.sh", []),
@@ -390,12 +494,21 @@ def test_gpu_n1_machines_need_a_gpu_type(fake_gcloud):
     settings = {**SETTINGS, "MACHINE_TYPE": "n1-standard-8"}
     result = run_script("gpu/create.sh", settings=settings, bin_dir=bin_dir)
     assert result.returncode == 2 and "set PRS_GPU_TYPE or pass --gpu-type=" in result.stderr
-    result = run_script("gpu/create.sh", "--gpu-type=nvidia-tesla-t4", "--gpu-count=2",
-                        settings=settings, bin_dir=bin_dir)
+    result = run_script(
+        "gpu/create.sh",
+        "--gpu-type=nvidia-tesla-t4",
+        "--gpu-count=2",
+        settings=settings,
+        bin_dir=bin_dir,
+    )
     assert result.returncode == 0
     assert " --accelerator=type=nvidia-tesla-t4,count=2 " in calls()[0]
-    values = {**settings, "GPU_TYPE": "nvidia-tesla-t4", "GPU_COUNT": "2",
-              "IMAGE_FAMILY": "common-cu128-ubuntu-2204-nvidia-570"}
+    values = {
+        **settings,
+        "GPU_TYPE": "nvidia-tesla-t4",
+        "GPU_COUNT": "2",
+        "IMAGE_FAMILY": "common-cu128-ubuntu-2204-nvidia-570",
+    }
     assert_documented("gpu/create.sh", calls(), values)
 
 
@@ -415,17 +528,24 @@ def worker_home(tmp_path, fake_gcloud):
         'if [[ "$1 $2" == "-m pip" ]]; then echo "$*" >> "$PRS_HOME/pip.log"; exit 0; fi\n'
         'echo "main $*"\n'
         "trap 'echo saved; exit 0' TERM\n"
-        'for ((i = 0; i < ${STUB_SECONDS:-30} * 10; i++)); do sleep 0.1; done\n',
+        "for ((i = 0; i < ${STUB_SECONDS:-30} * 10; i++)); do sleep 0.1; done\n",
     )
     bin_dir, calls = fake_gcloud
     env = {k: v for k, v in os.environ.items() if not k.startswith("PRS_")}
     # The fake gcloud, and this interpreter as the python >= 3.11 that setup looks for.
-    env.update(PRS_HOME=str(home),
-               PATH=f"{bin_dir}{os.pathsep}{os.path.dirname(sys.executable)}{os.pathsep}{env['PATH']}")
+    env.update(
+        PRS_HOME=str(home),
+        PATH=f"{bin_dir}{os.pathsep}{os.path.dirname(sys.executable)}{os.pathsep}{env['PATH']}",
+    )
 
     def worker(*args, **extra_env):
-        return subprocess.run(["bash", str(LAUNCH / "worker.sh"), *args], env={**env, **extra_env},
-                              capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            ["bash", str(LAUNCH / "worker.sh"), *args],
+            env={**env, **extra_env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     return home, worker, calls
 
@@ -452,8 +572,23 @@ def test_worker_setup_is_idempotent(worker_home, tmp_path):
     assert again.returncode == 0 and "ready" in again.stdout
     assert (home / "pip.log").read_text().splitlines() == installs
     # A new commit (or another accelerator) reinstalls.
-    subprocess.run(["git", "-C", repo, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q",
-                    "--allow-empty", "-m", "two"], check=True)
+    subprocess.run(
+        [
+            "git",
+            "-C",
+            repo,
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "user.name=t",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "two",
+        ],
+        check=True,
+    )
     assert worker("setup", f"--repo={repo}", "--ref=main", "--accelerator=tpu").returncode == 0
     last = (home / "pip.log").read_text().splitlines()[-1]
     assert last == f"-m pip install --quiet jax[tpu]>=0.10,<0.13 -e {home}/src"
@@ -485,15 +620,24 @@ def test_worker_runs_in_the_background_once_and_stops_on_sigterm(worker_home):
 def test_worker_syncs_a_local_copy_to_the_bucket(worker_home):
     home, worker, calls = worker_home
     (home / "src").mkdir()
-    result = worker("run", "--workdir=gs://b/run", "--sync-every-s=1", "--tfds-data-dir=gs://b/tfds",
-                    "--", "--config=configs/digits.py", STUB_SECONDS="2")
+    result = worker(
+        "run",
+        "--workdir=gs://b/run",
+        "--sync-every-s=1",
+        "--tfds-data-dir=gs://b/tfds",
+        "--",
+        "--config=configs/digits.py",
+        STUB_SECONDS="2",
+    )
     assert result.returncode == 0, result.stderr
     local = f"{home}/workdirs/b/run"
     assert f"main -m prs_jax.main --workdir={local} --config=configs/digits.py" in result.stdout
     recorded = calls()
     # Fetch what the bucket has (to resume), sync while running and at the end, keep the log.
-    assert recorded[:2] == ["gcloud storage ls gs://b/run",
-                            f"gcloud storage rsync --recursive --quiet gs://b/run {local}"]
+    assert recorded[:2] == [
+        "gcloud storage ls gs://b/run",
+        f"gcloud storage rsync --recursive --quiet gs://b/run {local}",
+    ]
     assert recorded.count(f"gcloud storage rsync --recursive --quiet {local} gs://b/run") >= 2
     assert recorded[-1].startswith(f"gcloud storage cp --quiet {home}/train.log gs://b/run/logs/")
 
@@ -512,7 +656,8 @@ RECORDING_MAIN = """
 import os, sys
 import numpy as np
 from absl import app
-from prs_jax import main, train
+from prs_jax import main
+from prs_jax.training import train
 
 batches = []
 to_global = train.to_global
@@ -544,17 +689,38 @@ def test_two_processes_train_on_disjoint_halves_and_only_process_0_writes(tmp_pa
     script.write_text(RECORDING_MAIN)
     workdir = tmp_path / "run"
     address = f"127.0.0.1:{free_port()}"
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "RECORD_DIR": str(tmp_path),
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    tiny = ["--config.optimizer.warmup_epochs=0.2", "--config.model.depth=2",
-            "--config.model.num_gpsa_layers=1", "--config.model.hidden_size=16",
-            f"--config.batch_size={GLOBAL_BATCH}", "--config.eval_batch_size=256"]
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "RECORD_DIR": str(tmp_path),
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+    }
+    tiny = [
+        "--config.optimizer.warmup_epochs=0.2",
+        "--config.model.depth=2",
+        "--config.model.num_gpsa_layers=1",
+        "--config.model.hidden_size=16",
+        f"--config.batch_size={GLOBAL_BATCH}",
+        "--config.eval_batch_size=256",
+    ]
     processes = [
         subprocess.Popen(
-            [sys.executable, str(script), "--config=configs/digits.py:epochs=1", *tiny,
-             f"--workdir={workdir}", f"--coordinator_address={address}", "--num_processes=2",
-             f"--process_id={index}", "--distributed_timeout_s=60"],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [
+                sys.executable,
+                str(script),
+                "--config=configs/digits.py:epochs=1",
+                *tiny,
+                f"--workdir={workdir}",
+                f"--coordinator_address={address}",
+                "--num_processes=2",
+                f"--process_id={index}",
+                "--distributed_timeout_s=60",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         for index in range(2)
     ]
@@ -575,8 +741,9 @@ def test_two_processes_train_on_disjoint_halves_and_only_process_0_writes(tmp_pa
 
     shards = [np.load(tmp_path / f"process_{index}.npz") for index in range(2)]
     assert shards[0]["label"].shape == shards[1]["label"].shape == (STEPS, GLOBAL_BATCH // 2)
-    alone = data.create_train_iterator(load("digits")("epochs=1").data,
-                                       global_batch_size=GLOBAL_BATCH, seed=0)
+    alone = data.create_train_iterator(
+        load("digits")("epochs=1").data, global_batch_size=GLOBAL_BATCH, seed=0
+    )
     for step in range(STEPS):
         whole = next(alone)
         for key in ("image", "label"):
@@ -588,4 +755,6 @@ def test_two_processes_train_on_disjoint_halves_and_only_process_0_writes(tmp_pa
     assert len(list(workdir.glob("events.out.tfevents*"))) == 1
     assert (workdir / "config.json").exists()
     for index in range(2):
-        assert (workdir / "checkpoints" / str(STEPS) / "data" / f"process_{index}-of-2.json").exists()
+        assert (
+            workdir / "checkpoints" / str(STEPS) / "data" / f"process_{index}-of-2.json"
+        ).exists()

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prs_jax import mixing
+from prs_jax.method import mixing
 
 B, H, W, C, K = 4, 8, 8, 3, 4
 

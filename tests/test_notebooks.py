@@ -46,7 +46,8 @@ def execute(name: str, cwd: pathlib.Path, **parameters) -> nbformat.NotebookNode
 def outputs(notebook: nbformat.NotebookNode, mime: str) -> list[str]:
     return [
         output["data"][mime]
-        for cell in notebook.cells if cell.cell_type == "code"
+        for cell in notebook.cells
+        if cell.cell_type == "code"
         for output in cell.get("outputs", [])
         if mime in output.get("data", {})
     ]
@@ -55,7 +56,8 @@ def outputs(notebook: nbformat.NotebookNode, mime: str) -> list[str]:
 def text(notebook: nbformat.NotebookNode) -> str:
     return "".join(
         output.get("text", "")
-        for cell in notebook.cells if cell.cell_type == "code"
+        for cell in notebook.cells
+        if cell.cell_type == "code"
         for output in cell.get("outputs", [])
     )
 
@@ -77,8 +79,11 @@ def test_quickstart_then_fourier_analysis_run_headless_and_plot(tmp_path):
     compares the quickstart's run (two of its checkpoints) with converted timm weights."""
     workdir = tmp_path / "run"
     quickstart = execute(
-        "quickstart.ipynb", tmp_path,
-        CONFIG="configs/digits.py:epochs=1", CONFIG_FLAGS=TINY_DIGITS, WORKDIR=str(workdir),
+        "quickstart.ipynb",
+        tmp_path,
+        CONFIG="configs/digits.py:epochs=1",
+        CONFIG_FLAGS=TINY_DIGITS,
+        WORKDIR=str(workdir),
         FOURIER_NUM_IMAGES=32,
     )
     # Metrics (one figure), then the spectra and the high-frequency-by-depth plot.
@@ -89,10 +94,13 @@ def test_quickstart_then_fourier_analysis_run_headless_and_plot(tmp_path):
 
     steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
     analysis = execute(
-        "fourier_analysis.ipynb", tmp_path,
+        "fourier_analysis.ipynb",
+        tmp_path,
         RUNS={"PRS": (str(workdir), None), "PRS early": (str(workdir), steps[0])},
         NUM_IMAGES=32,
-        TIMM_WEIGHTS=str(TIMM_FIXTURE), TIMM_MODEL="convit_tiny", TIMM_IMAGE_SIZE=32,
+        TIMM_WEIGHTS=str(TIMM_FIXTURE),
+        TIMM_MODEL="convit_tiny",
+        TIMM_IMAGE_SIZE=32,
         TIMM_IMAGES="digits",
     )
     # The comparison, then one spectra plot per model.

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from prs_jax import op_profile
+from prs_jax.tools import op_profile
 
 HLO = """\
 HloModule jit_step, is_scheduled=true
@@ -129,8 +129,9 @@ def test_times_are_averaged_per_step_and_device_and_split_by_kind():
     # The matmuls' 6 ms at the yardstick's rate would take flops / rate; the other 8 ms stay.
     flops = breakdown.matmul_flops
     assert breakdown.seconds_with_matmuls_at(flops / (1 * ms)) == pytest.approx(9 * ms)
-    text = op_profile.report(breakdown, yardstick_per_device=flops / (1 * ms),
-                             model_flops_per_device=2 * flops)
+    text = op_profile.report(
+        breakdown, yardstick_per_device=flops / (1 * ms), model_flops_per_device=2 * flops
+    )
     assert "matmuls and convolutions" in text and "bwd Model/blocks_N/norm1/reduce_sum" in text
     # Twice the matmul FLOPs, which the yardstick does in 2 ms, took 14 ms: 2/14 of its rate;
     # with the matmuls at the yardstick's rate, 2/9 of it.

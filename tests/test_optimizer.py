@@ -15,7 +15,9 @@ import numpy as np
 import optax
 import pytest
 
-from prs_jax import config_lib, optimizer, schedule, train
+from prs_jax.method import optimizer, schedule
+from prs_jax.training import config_lib
+from prs_jax.training.state import create_model
 
 SWITCH_STEPS = (30, 10)  # per GPSA layer
 LEARNING_RATE = optax.linear_schedule(1e-3, 1e-4, 200)
@@ -23,8 +25,13 @@ LEARNING_RATE = optax.linear_schedule(1e-3, 1e-4, 200)
 
 def gpsa_params(num_layers=2):
     rng = np.random.default_rng(0)
-    shapes = {"qk": {"kernel": (4, 8)}, "gating_param": (2,), "v": {"kernel": (4, 4)},
-              "pos_proj": {"kernel": (3, 2), "bias": (2,)}, "proj": {"kernel": (4, 4)}}
+    shapes = {
+        "qk": {"kernel": (4, 8)},
+        "gating_param": (2,),
+        "v": {"kernel": (4, 4)},
+        "pos_proj": {"kernel": (3, 2), "bias": (2,)},
+        "proj": {"kernel": (4, 4)},
+    }
     tree = {f"blocks_{l}": {"attn": shapes} for l in range(num_layers)}
     tree["head"] = {"kernel": (4, 3), "bias": (3,)}
     return jax.tree.map(
@@ -35,10 +42,13 @@ def gpsa_params(num_layers=2):
 
 
 def conv_strength_fn(num_layers=2):
-    epochs = ml_collections.ConfigDict(dict(
-        first_layer_switch_epoch=SWITCH_STEPS[0] / 10, last_layer_switch_epoch=SWITCH_STEPS[1] / 10,
-        ramp_epochs=0.0,
-    ))
+    epochs = ml_collections.ConfigDict(
+        dict(
+            first_layer_switch_epoch=SWITCH_STEPS[0] / 10,
+            last_layer_switch_epoch=SWITCH_STEPS[1] / 10,
+            ramp_epochs=0.0,
+        )
+    )
     return schedule.make_conv_strength_fn(num_layers, 10, epochs)
 
 
@@ -62,8 +72,14 @@ def create(pause=True, weight_decay=0.05):
 
 
 def adamw(learning_rate=LEARNING_RATE, weight_decay=0.05):
-    return optax.adamw(learning_rate, b1=0.9, b2=0.999, eps=1e-8, weight_decay=weight_decay,
-                       mask=optimizer.weight_decay_mask)
+    return optax.adamw(
+        learning_rate,
+        b1=0.9,
+        b2=0.999,
+        eps=1e-8,
+        weight_decay=weight_decay,
+        mask=optimizer.weight_decay_mask,
+    )
 
 
 def run(tx, params, num_steps, strength_fn=None, first_step=0, extra=True):
@@ -105,7 +121,7 @@ def test_content_path_is_the_qk_projection_and_the_gate_of_each_gpsa_layer():
 def test_at_conv_strength_one_exactly_the_content_path_gets_zero_gradient():
     config = config_lib.base_config()
     config.model.update(patch_size=4, hidden_size=16, num_heads=4, depth=3, num_gpsa_layers=2)
-    model = train.create_model(config, num_classes=10)
+    model = create_model(config, num_classes=10)
     images = jax.random.normal(jax.random.key(1), (2, 16, 16, 3))
     params = model.init(jax.random.key(0), images, jnp.ones(2), train=False)["params"]
 
@@ -115,15 +131,20 @@ def test_at_conv_strength_one_exactly_the_content_path_gets_zero_gradient():
     grads = jax.grad(loss)(params)
     zero = jax.tree.map(lambda g: bool((g == 0).all()), grads)
     layers = optimizer.content_path_layers(params)
-    flat = {jax.tree_util.keystr(k): (z, l) for (k, z), l in
-            zip(jax.tree_util.tree_leaves_with_path(zero), jax.tree.leaves(layers))}
+    flat = {
+        jax.tree_util.keystr(k): (z, l)
+        for (k, z), l in zip(jax.tree_util.tree_leaves_with_path(zero), jax.tree.leaves(layers))
+    }
     # Layer 0 is a convolution: its qk and gate rest; layer 1 (s = 0) trains everything.
     assert sorted(k for k, (z, _) in flat.items() if z) == [
-        "['blocks_0']['attn']['gating_param']", "['blocks_0']['attn']['qk']['kernel']"
+        "['blocks_0']['attn']['gating_param']",
+        "['blocks_0']['attn']['qk']['kernel']",
     ]
     assert sorted(k for k, (_, l) in flat.items() if l >= 0) == [
-        "['blocks_0']['attn']['gating_param']", "['blocks_0']['attn']['qk']['kernel']",
-        "['blocks_1']['attn']['gating_param']", "['blocks_1']['attn']['qk']['kernel']",
+        "['blocks_0']['attn']['gating_param']",
+        "['blocks_0']['attn']['qk']['kernel']",
+        "['blocks_1']['attn']['gating_param']",
+        "['blocks_1']['attn']['qk']['kernel']",
     ]
 
 
@@ -132,8 +153,9 @@ def test_the_content_path_is_exactly_unchanged_in_the_conv_phase_with_weight_dec
     _, after, state, _ = run(create(), params, SWITCH_STEPS[0])  # up to layer 0's switch
     # The qk kernel is decayed (0.05) and yet it is bit for bit where it started.
     assert_bitwise_equal(content(after, 0), content(params, 0))
-    assert not np.array_equal(after["blocks_0"]["attn"]["v"]["kernel"],
-                              params["blocks_0"]["attn"]["v"]["kernel"])
+    assert not np.array_equal(
+        after["blocks_0"]["attn"]["v"]["kernel"], params["blocks_0"]["attn"]["v"]["kernel"]
+    )
     assert not np.array_equal(content(after, 1)["qk"]["kernel"], content(params, 1)["qk"]["kernel"])
     adam_state = state[0]
     np.testing.assert_array_equal(adam_state.content_count, [0, 20])  # steps trained per layer
@@ -146,7 +168,8 @@ def test_plain_adamw_decays_the_resting_content_path():
     params = gpsa_params()
     _, after, _, _ = run(create(pause=False), params, SWITCH_STEPS[0])
     shrink = 1 - np.linalg.norm(content(after, 0)["qk"]["kernel"]) / np.linalg.norm(
-        content(params, 0)["qk"]["kernel"])
+        content(params, 0)["qk"]["kernel"]
+    )
     # prod over 30 steps of (1 - lr_t x 0.05): about 1.3e-3.
     expected = 1 - np.prod([1 - float(LEARNING_RATE(t)) * 0.05 for t in range(30)])
     np.testing.assert_allclose(shrink, expected, rtol=1e-3)
@@ -167,8 +190,11 @@ def test_updates_after_a_switch_equal_a_fresh_adamw_started_at_the_switch(layer)
         grads = content(gradients(params, t, strength_fn(t)), layer)  # they depend on shapes
         expected, fresh_state = fresh.update(grads, fresh_state, fresh_params)
         fresh_params = optax.apply_updates(fresh_params, expected)
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-10),
-                     content(history[t], layer), expected)
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-10),
+            content(history[t], layer),
+            expected,
+        )
 
 
 def test_old_behaviour_steps_about_3x_then_6x_too_far_after_the_switch():
@@ -184,16 +210,21 @@ def test_old_behaviour_steps_about_3x_then_6x_too_far_after_the_switch():
         adam_state = state[0]
         # Zero gradients for the conv phase change only the counts, so set them directly.
         count = jnp.int32(conv_steps)
-        state = (adam_state._replace(adam=adam_state.adam._replace(count=count),
-                                     content_count=jnp.where(pause, 0, count)[None]),
-                 state[1]._replace(count=count))
-        step = jax.jit(lambda g, s, s_t: tx.update(g, s, params, conv_strength=s_t))
+        state = (
+            adam_state._replace(
+                adam=adam_state.adam._replace(count=count),
+                content_count=jnp.where(pause, 0, count)[None],
+            ),
+            state[1]._replace(count=count),
+        )
+        step = jax.jit(lambda g, s, s_t, tx=tx: tx.update(g, s, params, conv_strength=s_t))
         sizes = []
         for t in range(conv_steps, conv_steps + 20):
             grads = {"blocks_0": {"attn": {"qk": {"kernel": jnp.full((3,), 0.5)}}}}
             updates, state = step(grads, state, strength(t))
-            sizes.append(float(jnp.abs(updates["blocks_0"]["attn"]["qk"]["kernel"][0])
-                               / LEARNING_RATE(t)))
+            sizes.append(
+                float(jnp.abs(updates["blocks_0"]["attn"]["qk"]["kernel"][0]) / LEARNING_RATE(t))
+            )
         ratios[pause] = np.array(sizes)
     np.testing.assert_allclose(ratios[True], 1.0, rtol=1e-5)  # a fresh Adam: |m / sqrt(v)| = 1
     k = np.arange(1, 21)

@@ -12,7 +12,8 @@ import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
 
-from prs_jax import cpu_devices, train, validation
+from prs_jax.cpu import cpu_devices
+from prs_jax.training import train, validation
 from tests.test_configs import load
 from tests.test_train_e2e import NUM_MOCK, TOTAL_STEPS, tiny_run_config
 
@@ -20,7 +21,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # A tiny PRS-ViT on the shipped digits: 22 steps per epoch, 88 steps in all.
 DIGITS_ARGS = [
-    "--config", str(REPO / "configs" / "digits.py") + ":epochs=4",
+    "--config",
+    str(REPO / "configs" / "digits.py") + ":epochs=4",
     "--config.model.hidden_size=16",
     "--config.model.depth=2",
     "--config.model.num_gpsa_layers=1",
@@ -36,7 +38,11 @@ def run_main(workdir, *extra, module="prs_jax.main"):
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", TF_CPP_MIN_LOG_LEVEL="2")
     return subprocess.run(
         [sys.executable, "-m", module, *DIGITS_ARGS, "--workdir", str(workdir), *extra],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -72,7 +78,9 @@ def test_main_trains_on_one_cpu_device_per_core(uninterrupted_digits):
     assert f"devices [{devices}]" in (uninterrupted_digits / "stderr.txt").read_text()
 
 
-@pytest.mark.parametrize("how", [["--at_step=37"], ["--during_save=30"]], ids=["mid-step", "mid-save"])
+@pytest.mark.parametrize(
+    "how", [["--at_step=37"], ["--during_save=30"]], ids=["mid-step", "mid-save"]
+)
 def test_sigkill_then_resume_is_bit_identical(tmp_path, uninterrupted_digits, how):
     killed = run_main(tmp_path, "--signal=KILL", *how, module="tests.support.interrupting_main")
     assert killed.returncode == -9, killed.stderr[-3000:]
@@ -90,7 +98,9 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, uninterrupted_digits, ho
 
 
 def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path):
-    stopped = run_main(tmp_path, "--signal=TERM", "--at_step=23", module="tests.support.interrupting_main")
+    stopped = run_main(
+        tmp_path, "--signal=TERM", "--at_step=23", module="tests.support.interrupting_main"
+    )
     assert stopped.returncode == 0, stopped.stderr[-3000:]
     assert saved_steps(tmp_path)[-1] == 23  # not a multiple of checkpoint_every_steps
     state = saved_state(tmp_path, 23)
@@ -139,9 +149,7 @@ def test_injected_nan_stops_training_and_keeps_the_last_good_checkpoint(
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(good["params"]))
 
 
-def test_corrupted_latest_checkpoint_falls_back_to_the_previous_one(
-    finished_run, caplog
-):
+def test_corrupted_latest_checkpoint_falls_back_to_the_previous_one(finished_run, caplog):
     config, workdir, uninterrupted = finished_run
     assert saved_steps(workdir)[-2:] == [6, 8]
     for path in (pathlib.Path(workdir) / "checkpoints" / "8" / "state").rglob("*"):
@@ -164,7 +172,9 @@ def test_resume_with_an_incompatible_config_is_refused_with_the_differences(fini
     changed = config.copy_and_resolve_references()
     changed.model.hidden_size = 32
     changed.batch_size = 32
-    with pytest.raises(validation.ConfigError, match=r"(?s)batch_size: 16 -> 32.*model.hidden_size: 16 -> 32"):
+    with pytest.raises(
+        validation.ConfigError, match=r"(?s)batch_size: 16 -> 32.*model.hidden_size: 16 -> 32"
+    ):
         train.train_and_evaluate(changed, workdir)
     assert (pathlib.Path(workdir) / "config.json").read_text() == before  # nothing overwritten
 
@@ -205,10 +215,16 @@ BAD_CONFIGS = [
     (dict(model__dtype="float64"), r"model.dtype='float64'.*float32, bfloat16"),
     (dict(data__image_size=0), r"data.image_size=0.*positive integer"),
     (dict(num_epochs=0.0), r"num_epochs=0.0.*> 0"),
-    (dict(schedule__first_layer_switch_epoch=-1.0), r"schedule.first_layer_switch_epoch=-1.0.*\[0, num_epochs=300.0\]"),
+    (
+        dict(schedule__first_layer_switch_epoch=-1.0),
+        r"schedule.first_layer_switch_epoch=-1.0.*\[0, num_epochs=300.0\]",
+    ),
     (dict(schedule__last_layer_switch_epoch=400.0), r"schedule.last_layer_switch_epoch=400.0"),
     (dict(schedule__ramp_epochs=-2.0), r"schedule.ramp_epochs=-2.0.*>= 0"),
-    (dict(batch_size=127), r"batch_size=127.*multiple of the number of devices \(2; on a CPU host PRS_JAX_CPU_DEVICES"),
+    (
+        dict(batch_size=127),
+        r"batch_size=127.*multiple of the number of devices \(2; on a CPU host PRS_JAX_CPU_DEVICES",
+    ),
     (dict(eval_batch_size=0), r"eval_batch_size=0"),
     (dict(data__train_fraction=0.0), r"data.train_fraction=0.0.*\(0, 1\]"),
     (dict(data__train_fraction=1.5), r"data.train_fraction=1.5"),
@@ -252,7 +268,9 @@ def test_bad_config_fails_before_touching_an_existing_run(finished_run):
     bad.model.patch_size = 3
     with pytest.raises(validation.ConfigError, match="model.patch_size=3"):
         train.train_and_evaluate(bad, workdir)
-    assert files == {p: p.stat().st_mtime_ns for p in pathlib.Path(workdir).rglob("*") if p.is_file()}
+    assert files == {
+        p: p.stat().st_mtime_ns for p in pathlib.Path(workdir).rglob("*") if p.is_file()
+    }
 
 
 def test_unknown_dataset_is_rejected_before_compiling(tmp_path):
@@ -260,3 +278,28 @@ def test_unknown_dataset_is_rejected_before_compiling(tmp_path):
     config.data.name = "no_such_dataset_xyz"
     with pytest.raises(ValueError, match="no_such_dataset_xyz"):
         train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_a_runs_default_log_has_our_lines_and_clus_progress_but_no_library_chatter(
+    uninterrupted_digits,
+):
+    log = (uninterrupted_digits / "stderr.txt").read_text()
+    assert "eval top-1" in log and "ETA" in log  # our eval line; clu's steps/s-and-ETA line
+    # orbax's save lines and clu's LoggingWriter echo of every scalar, as absl names the files.
+    for chatter in ("checkpoint_manager.py", "atomicity.py", "logging_writer.py", "xla_bridge.py"):
+        assert f" {chatter}:" not in log, chatter
+
+
+def test_library_log_level_info_brings_the_library_lines_back(tmp_path):
+    result = run_main(tmp_path / "run", "--library_log_level=info", "--config.num_epochs=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert " checkpoint_manager.py:" in result.stderr
+
+
+def test_a_bad_config_prints_its_message_alone_and_exits_2(tmp_path):
+    result = run_main(tmp_path / "run", "--config.model.patch_size=3")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("prs_jax.main: ") and "model.patch_size=3" in last_line
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -59,7 +59,9 @@ def test_batch_stats_mirror_every_batch_norm():
     variables, _, _ = abstract_init(resnet18(10), 32, batch=1)
     # ResNet-18: stem BN + 8 blocks x 2 BNs + 3 projection BNs = 20, each with mean and var.
     assert len(jax.tree.leaves(variables["batch_stats"])) == 2 * 20
-    assert count_params(variables["batch_stats"]) == 2 * (64 + 2 * 2 * (64 + 128 + 256 + 512) + 128 + 256 + 512)
+    assert count_params(variables["batch_stats"]) == 2 * (
+        64 + 2 * 2 * (64 + 128 + 256 + 512) + 128 + 256 + 512
+    )
 
 
 @pytest.mark.parametrize("factory", [resnet18, resnet50])
@@ -112,14 +114,20 @@ def test_resnet50_imagenet_feature_maps_at_224px():
 
 @pytest.mark.parametrize(
     "model,image_size",
-    [(resnet18(10), 32), (resnet18(10, stem="imagenet"), 64), (resnet50(10), 64), (resnet50(10, stem="cifar"), 32)],
+    [
+        (resnet18(10), 32),
+        (resnet18(10, stem="imagenet"), 64),
+        (resnet50(10), 64),
+        (resnet50(10, stem="cifar"), 32),
+    ],
 )
 def test_feature_map_kinds_mark_where_the_shape_changes(model, image_size):
     """'downsampling' exactly where a block changes resolution or channels."""
     _, _, feature_maps = abstract_init(model, image_size)
     shapes = [fm.shape for fm in feature_maps]
     from_shapes = ("embedding",) + tuple(
-        "downsampling" if now != before else "convolution" for before, now in zip(shapes, shapes[1:])
+        "downsampling" if now != before else "convolution"
+        for before, now in zip(shapes, shapes[1:])
     )
     assert model.feature_map_kinds() == from_shapes
     assert len(shapes) == 1 + sum(model.stage_sizes)
@@ -208,11 +216,18 @@ def test_padding_is_pytorch_symmetric_on_even_inputs():
 
     stem = inter["conv1"]["__call__"][0]
     assert stem.shape == (2, 16, 16, 8)
-    np.testing.assert_allclose(stem, torch_conv(images, params["conv1"]["kernel"], 2), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        stem, torch_conv(images, params["conv1"]["kernel"], 2), rtol=1e-5, atol=1e-5
+    )
 
     stem_relu = jax.nn.relu(inter["bn1"]["__call__"][0])
     pooled = jax.lax.reduce_window(
-        stem_relu, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), (1, 1), (1, 1), (0, 0))
+        stem_relu,
+        -jnp.inf,
+        jax.lax.max,
+        (1, 3, 3, 1),
+        (1, 2, 2, 1),
+        ((0, 0), (1, 1), (1, 1), (0, 0)),
     )
     np.testing.assert_allclose(inter["feature_maps"][0], pooled, rtol=1e-6)
 
@@ -230,14 +245,18 @@ def test_zero_init_residual_makes_identity_blocks_at_init():
     for zero_init, scale in [(True, 0.0), (False, 1.0)]:
         model = tiny_resnet(zero_init_residual=zero_init)
         variables = model.init(jax.random.key(0), images)
-        assert float(jnp.max(jnp.abs(variables["params"]["layer1_0"]["bn2"]["scale"] - scale))) == 0.0
+        assert (
+            float(jnp.max(jnp.abs(variables["params"]["layer1_0"]["bn2"]["scale"] - scale))) == 0.0
+        )
         _, feature_maps = apply_with_feature_maps(model, variables, images)
         # layer1_0 does not project: with a zero last BN scale it returns relu(stem) = stem.
         identical = bool(jnp.all(feature_maps[1] == feature_maps[0]))
         assert identical == zero_init
     bottleneck = tiny_resnet("bottleneck", width=4, zero_init_residual=True)
     params = bottleneck.init(jax.random.key(0), images)["params"]
-    assert [float(jnp.max(jnp.abs(params[name]["bn3"]["scale"]))) for name in ("layer1_0", "layer2_0")] == [0.0, 0.0]
+    assert [
+        float(jnp.max(jnp.abs(params[name]["bn3"]["scale"]))) for name in ("layer1_0", "layer2_0")
+    ] == [0.0, 0.0]
     assert float(jnp.min(params["layer1_0"]["bn2"]["scale"])) == 1.0  # only the last BN is zeroed
 
 

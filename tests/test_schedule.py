@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from prs_jax import schedule
+from prs_jax.method import schedule
 
 STEPS_PER_EPOCH = 10
 
@@ -190,7 +190,14 @@ def test_switch_steps_of_hard_prs_are_the_switch_epochs_in_steps():
 def test_switch_steps_with_a_ramp_are_ramp_starts_and_ends():
     # Layer l's strength first drops below 1 one step after e_l and first reaches 0 at e_l + 1.
     assert schedule.layer_switch_steps(strength_fn(3.0, 0.0, ramp=1.0), 50, 4) == [
-        1, 10, 11, 20, 21, 30, 31, 40,
+        1,
+        10,
+        11,
+        20,
+        21,
+        30,
+        31,
+        40,
     ]
 
 

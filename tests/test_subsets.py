@@ -35,8 +35,16 @@ def unbalanced_labels():
 
 @pytest.mark.parametrize(
     "n,fraction,expected",
-    [(500, 0.05, 25), (500, 0.1, 50), (13, 0.1, 1), (13, 0.25, 3), (13, 0.5, 7), (3, 0.05, 1),
-     (7, 1.0, 7), (0, 0.5, 0)],
+    [
+        (500, 0.05, 25),
+        (500, 0.1, 50),
+        (13, 0.1, 1),
+        (13, 0.25, 3),
+        (13, 0.5, 7),
+        (3, 0.05, 1),
+        (7, 1.0, 7),
+        (0, 0.5, 0),
+    ],
 )
 def test_subset_size_rounds_half_up_and_keeps_one(n, fraction, expected):
     assert subsets.subset_size(n, fraction) == expected
@@ -162,10 +170,12 @@ def tiny_tfds(tmp_path_factory):
         tfds.dataset_builders.store_as_tfds_dataset(
             name="prs_tiny_shapes",
             version="1.0.0",
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(None, None, 3)),
-                "label": tfds.features.ClassLabel(num_classes=3),
-            }),
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=(None, None, 3)),
+                    "label": tfds.features.ClassLabel(num_classes=3),
+                }
+            ),
             split_datasets={"train": list(_examples(30, 0)), "test": list(_examples(9, 1))},
             data_dir=data_dir,
             file_format="array_record",

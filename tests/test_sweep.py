@@ -10,7 +10,9 @@ import types
 
 import pytest
 
-from prs_jax import config_lib, report, sweep, validation
+from prs_jax import report, sweep
+from prs_jax.analysis import report as report_lib
+from prs_jax.training import config_lib, validation
 
 # --- sweep files --------------------------------------------------------------------------------
 
@@ -30,8 +32,12 @@ def test_data_ratio_sweep_is_four_models_by_five_ratios():
 def test_uniform_switch_sweep_switches_at_quarters_of_training_plus_prs():
     runs = sweep.load_sweep("configs/sweeps/uniform_switch.py:train_fraction=0.1")
     assert [r.name for r in runs] == [
-        "uniform_switch000", "uniform_switch025", "uniform_switch050", "uniform_switch075",
-        "uniform_switch100", "prs",
+        "uniform_switch000",
+        "uniform_switch025",
+        "uniform_switch050",
+        "uniform_switch075",
+        "uniform_switch100",
+        "prs",
     ]
     switches = [r.overrides["schedule.first_layer_switch_epoch"] for r in runs[:5]]
     assert switches == [0.0, 75.0, 150.0, 225.0, 300.0]  # of 300 epochs
@@ -56,8 +62,19 @@ def test_imagenet_config_recipe_and_variants():
     assert config.schedule.first_layer_switch_epoch == 150.0
     assert sweep.load_config("configs/imagenet.py:resnet50").model.stem == "imagenet"
     assert sweep.load_config("configs/imagenet.py:deit").model.name == "deit_tiny"
-    for arg in ("prs", "uniform,switch=30", "convit", "conv", "reversed", "deit", "resnet18",
-                "resnet50", "prs,runlocal", "deit,runlocal", "resnet50,runlocal"):
+    for arg in (
+        "prs",
+        "uniform,switch=30",
+        "convit",
+        "conv",
+        "reversed",
+        "deit",
+        "resnet18",
+        "resnet50",
+        "prs,runlocal",
+        "deit,runlocal",
+        "resnet50,runlocal",
+    ):
         validation.validate_config(sweep.load_config(f"configs/imagenet.py:{arg}"), device_count=8)
 
 
@@ -70,8 +87,19 @@ def test_override_of_a_missing_field_is_an_error():
 
 
 def test_dry_run_prints_one_main_command_per_run(capsys):
-    assert sweep.main(["configs/sweeps/data_ratios.py", "--root", "/runs/r", "--dry_run",
-                       "--", "--config.data.data_dir=/tfds"]) == 0
+    assert (
+        sweep.main(
+            [
+                "configs/sweeps/data_ratios.py",
+                "--root",
+                "/runs/r",
+                "--dry_run",
+                "--",
+                "--config.data.data_dir=/tfds",
+            ]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 20
     assert lines[6] == (
@@ -81,8 +109,17 @@ def test_dry_run_prints_one_main_command_per_run(capsys):
 
 
 def test_template_and_shard_for_many_machines(capsys):
-    sweep.main(["configs/sweeps/uniform_switch.py", "--root", "gs://b/s", "--shard", "1/2",
-                "--template", "ssh worker{index} '{command}' # {name} {workdir}"])
+    sweep.main(
+        [
+            "configs/sweeps/uniform_switch.py",
+            "--root",
+            "gs://b/s",
+            "--shard",
+            "1/2",
+            "--template",
+            "ssh worker{index} '{command}' # {name} {workdir}",
+        ]
+    )
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 3  # runs 1, 3, 5 of 6
     assert lines[0].startswith("ssh worker0 'python -m prs_jax.main --config=configs/cifar100.py:u")
@@ -97,8 +134,11 @@ def test_run_mode_runs_in_order_and_goes_on_after_a_failure(capsys):
         calls.append(argv)
         return types.SimpleNamespace(returncode=1 if "--workdir=/r/b" in argv else 0)
 
-    runs = [sweep.Run("a", "configs/digits.py"), sweep.Run("b", "configs/digits.py"),
-            sweep.Run("c", "configs/digits.py", {"num_epochs": 2.0})]
+    runs = [
+        sweep.Run("a", "configs/digits.py"),
+        sweep.Run("b", "configs/digits.py"),
+        sweep.Run("c", "configs/digits.py", {"num_epochs": 2.0}),
+    ]
     commands = [(r.name, sweep.command(r, "/r")) for r in runs]
     assert sweep.run_all(commands, runner=fake_run) == ["b"]
     assert [c[4] for c in calls] == ["--workdir=/r/a", "--workdir=/r/b", "--workdir=/r/c"]
@@ -108,9 +148,21 @@ def test_run_mode_runs_in_order_and_goes_on_after_a_failure(capsys):
 
 def test_cli_entry_point_prints_commands():
     result = subprocess.run(
-        [sys.executable, "-m", "prs_jax.sweep", "configs/sweeps/uniform_switch.py", "--root", "/r",
-         "--dry_run", "--only", "prs"],
-        cwd=sweep.REPO_ROOT, capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-m",
+            "prs_jax.sweep",
+            "configs/sweeps/uniform_switch.py",
+            "--root",
+            "/r",
+            "--dry_run",
+            "--only",
+            "prs",
+        ],
+        cwd=sweep.REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     expected = "python -m prs_jax.main --config=configs/cifar100.py:prs --workdir=/r/prs\n"
     assert result.stdout == expected
@@ -143,10 +195,13 @@ def runs(tmp_path):
     fabricate_run(root, "prs_data010", "prs", 0.1, {100: 0.30, 200: 0.4125})
     fabricate_run(root, "prs_data100", "prs", 1.0, {100: 0.65, 200: 0.7731})
     for switch, accuracy in ((0, 0.52), (150, 0.58), (300, 0.55)):
-        overrides = {"schedule.first_layer_switch_epoch": float(switch),
-                     "schedule.last_layer_switch_epoch": float(switch)}
-        fabricate_run(root, f"uniform_switch{switch:03d}", "uniform", 1.0, {50: 0.1, 99: accuracy},
-                      overrides)
+        overrides = {
+            "schedule.first_layer_switch_epoch": float(switch),
+            "schedule.last_layer_switch_epoch": float(switch),
+        }
+        fabricate_run(
+            root, f"uniform_switch{switch:03d}", "uniform", 1.0, {50: 0.1, 99: accuracy}, overrides
+        )
     os.makedirs(os.path.join(root, "not_started"))  # no config.json: not a run
     return root
 
@@ -165,11 +220,15 @@ def test_report_table_holds_the_runs_metrics(runs, tmp_path):
     assert rows["prs_data100"]["schedule"] == "prs"
     assert float(rows["prs_data100"]["conv_epochs"]) == 100.0  # mean of 150 and 50
     assert [rows[f"uniform_switch{s:03d}"]["schedule"] for s in (0, 150, 300)] == [
-        "convit", "uniform", "conv"]
+        "convit",
+        "uniform",
+        "conv",
+    ]
     assert float(rows["uniform_switch150"]["conv_epochs"]) == 150.0
     assert rows["resnet_data010"]["conv_epochs"] == ""
 
-    markdown = open(prefix + ".md").read()
+    with open(prefix + ".md") as f:
+        markdown = f.read()
     for line in (
         "| prs_data100 | cifar100 | convit_tiny | prs | 100 | 100 | 300 | 200 | 77.31 | 77.31 | 200 |",  # noqa: E501
         "| resnet_data010 | cifar100 | resnet18 | none | 10 |  | 300 | 300 | 34.00 | 35.00 | 200 |",
@@ -179,7 +238,7 @@ def test_report_table_holds_the_runs_metrics(runs, tmp_path):
 
 def test_report_plot_is_a_png(runs, tmp_path):
     two = [os.path.join(runs, "prs_data010"), os.path.join(runs, "prs_data100")]
-    paths = report.write_report(two, str(tmp_path / "two"))
+    paths = report_lib.write_report(two, str(tmp_path / "two"))
     with open(paths[2], "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert os.path.getsize(paths[2]) > 10_000
@@ -187,11 +246,11 @@ def test_report_plot_is_a_png(runs, tmp_path):
 
 def test_report_lists_a_run_without_evals_with_empty_accuracies(tmp_path):
     workdir = fabricate_run(str(tmp_path), "fresh", "deit", 0.25, {})
-    (row,) = [report.read_run(workdir)]
+    (row,) = [report_lib.read_run(workdir)]
     assert row["final_accuracy"] is None and row["best_accuracy"] is None and row["steps"] == 0
     assert row["schedule"] == "none" and row["model"] == "deit_tiny"
     with pytest.raises(FileNotFoundError, match="not a run workdir"):
-        report.find_workdirs([str(tmp_path / "nothing")])
+        report_lib.find_workdirs([str(tmp_path / "nothing")])
 
 
 def test_parse_arg_of_sweep_files_rejects_unknown_arguments():
@@ -206,7 +265,9 @@ def test_report_summary_gives_the_mean_and_spread_over_seeds(tmp_path):
         fabricate_run(root, f"prs_seed{seed}", "prs", 0.1, {100: accuracy}, {"seed": seed})
     fabricate_run(root, "deit_seed0", "deit", 0.1, {100: 0.30})
     fabricate_run(root, "deit_full", "deit", 1.0, {100: 0.50})
-    table = report.summary_table([report.read_run(w) for w in report.find_workdirs([root])])
+    table = report_lib.summary_table(
+        [report_lib.read_run(w) for w in report_lib.find_workdirs([root])]
+    )
     lines = table.splitlines()
     assert lines[0] == "| model | 10% data | 100% data |"
     assert "| convit_tiny/prs | 42.00 +- 2.83 (2 seeds) |  |" in lines

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from prs_jax import checkpointing, metrics, train
+from prs_jax.training import checkpointing, metrics, train
 from tests.test_configs import load
 
 NUM_MOCK = 64  # examples per split

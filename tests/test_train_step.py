@@ -11,7 +11,10 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from prs_jax import config_lib, optimizer, schedule, train
+from prs_jax.method import optimizer, schedule
+from prs_jax.training import config_lib
+from prs_jax.training.state import create_mesh, create_model, initial_state
+from prs_jax.training.steps import build_run_functions, make_train_step
 
 NUM_CLASSES = 10
 IMAGE_SIZE = 16
@@ -21,8 +24,13 @@ BATCH = 8
 def tiny_config(**schedule_epochs):
     config = config_lib.base_config()
     config.model.update(
-        name="convit_tiny", patch_size=4, hidden_size=16, num_heads=4, depth=3,
-        num_gpsa_layers=2, drop_path_rate=0.1,
+        name="convit_tiny",
+        patch_size=4,
+        hidden_size=16,
+        num_heads=4,
+        depth=3,
+        num_gpsa_layers=2,
+        drop_path_rate=0.1,
     )
     config.data.image_size = IMAGE_SIZE
     config.num_epochs = 4.0
@@ -41,20 +49,20 @@ def build(config, steps_per_epoch=5, devices=None):
     steps = schedule.training_steps(
         steps_per_epoch * BATCH, BATCH, config.num_epochs, config.optimizer.warmup_epochs
     )
-    model = train.create_model(config, NUM_CLASSES)
+    model = create_model(config, NUM_CLASSES)
     conv_strength_fn = schedule.make_conv_strength_fn(
         model.num_gpsa_layers, steps.steps_per_epoch, config.schedule
     )
     lr = schedule.learning_rate_schedule(config.optimizer.learning_rate, steps)
     tx = optimizer.create_optimizer(config.optimizer, lr)
     step_fn = jax.jit(
-        train.make_train_step(model, tx, conv_strength_fn, lr, config, NUM_CLASSES),
+        make_train_step(model, tx, conv_strength_fn, lr, config, NUM_CLASSES),
         in_shardings=(replicated, sharded),
         out_shardings=(replicated, replicated),
         donate_argnums=(0,),
     )
     state = jax.jit(
-        functools.partial(train.initial_state, model, tx, IMAGE_SIZE, 0), out_shardings=replicated
+        functools.partial(initial_state, model, tx, IMAGE_SIZE, 0), out_shardings=replicated
     )()
     return step_fn, state, sharded, steps
 
@@ -101,8 +109,9 @@ def test_the_train_step_rests_a_conv_layers_content_path_until_its_switch():
     assert not np.array_equal(layer_1["qk"]["kernel"], start_1["qk"]["kernel"])
     np.testing.assert_array_equal(state.opt_state[0].content_count, [0, 5])
     state, _ = step_fn(state, batch(10, sharding))  # layer 0's first step as self-attention
-    assert not np.array_equal(state.params["blocks_0"]["attn"]["qk"]["kernel"],
-                              start_0["qk"]["kernel"])
+    assert not np.array_equal(
+        state.params["blocks_0"]["attn"]["qk"]["kernel"], start_0["qk"]["kernel"]
+    )
     np.testing.assert_array_equal(state.opt_state[0].content_count, [1, 6])
 
 
@@ -119,7 +128,9 @@ def test_data_parallel_on_two_devices_equals_one_device():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), one, two)
     # The steps did move the parameters, so the comparison is not between two initial states.
     _, initial, _, _ = build(config, devices=jax.devices()[:1])
-    moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), one, jax.device_get(initial.params))
+    moved = jax.tree.map(
+        lambda a, b: float(np.abs(a - b).max()), one, jax.device_get(initial.params)
+    )
     assert max(jax.tree.leaves(moved)) > 1e-4
 
 
@@ -148,9 +159,18 @@ def test_weight_decay_mask_covers_exactly_the_kernels():
     assert "blocks_0/attn/qk/kernel" in decayed and "blocks_0/attn/pos_proj/kernel" in decayed
     assert "blocks_2/attn/qkv/kernel" in decayed and "head/kernel" in decayed
     assert all(name.endswith("/kernel") for name in decayed)
-    for name in ("pos_embed", "cls_token", "blocks_0/attn/gating_param", "blocks_0/norm1/scale",
-                 "blocks_0/norm1/bias", "norm/scale", "head/bias", "blocks_0/attn/proj/bias",
-                 "blocks_0/attn/pos_proj/bias", "patch_embed/bias"):
+    for name in (
+        "pos_embed",
+        "cls_token",
+        "blocks_0/attn/gating_param",
+        "blocks_0/norm1/scale",
+        "blocks_0/norm1/bias",
+        "norm/scale",
+        "head/bias",
+        "blocks_0/attn/proj/bias",
+        "blocks_0/attn/pos_proj/bias",
+        "patch_embed/bias",
+    ):
         assert name in not_decayed, name
     assert not any(name.endswith("/kernel") for name in not_decayed)
 
@@ -169,7 +189,9 @@ def test_weight_decay_is_applied_only_through_the_mask():
         state.params,
         optimizer.weight_decay_mask(state.params),
     )
-    jax.tree.map(lambda u, e: np.testing.assert_allclose(u, e, rtol=1e-6, atol=1e-9), updates, expected)
+    jax.tree.map(
+        lambda u, e: np.testing.assert_allclose(u, e, rtol=1e-6, atol=1e-9), updates, expected
+    )
 
 
 @pytest.mark.parametrize("name", ["resnet18"])
@@ -190,11 +212,12 @@ def test_run_functions_warm_up_from_deits_warmup_lr_to_the_rate_scaled_by_the_ba
     config.optimizer.update(learning_rate=0.0, learning_rate_per_512=5e-4)
     config.batch_size = 256  # as --config.batch_size=256 would
     steps = schedule.training_steps(256 * 5, 256, config.num_epochs, config.optimizer.warmup_epochs)
-    model = train.create_model(config, NUM_CLASSES)
-    run = train.build_run_functions(config, model, NUM_CLASSES, steps, train.create_mesh())
+    model = create_model(config, NUM_CLASSES)
+    run = build_run_functions(config, model, NUM_CLASSES, steps, create_mesh())
     assert run.learning_rate_note == "learning rate 2.5e-4 = 5e-4 x 256 / 512"
     # 5 warmup steps from 1e-6, then the cosine of the global step (20 in all) to 1e-5.
     rates = [float(run.learning_rate_fn(t)) for t in (0, 4, 5, 20)]
     cosine_5 = 1e-5 + (2.5e-4 - 1e-5) * 0.5 * (1 + np.cos(np.pi * 5 / 20))
-    np.testing.assert_allclose(rates, [1e-6, 1e-6 + 4 * (2.5e-4 - 1e-6) / 5, cosine_5, 1e-5],
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        rates, [1e-6, 1e-6 + 4 * (2.5e-4 - 1e-6) / 5, cosine_5, 1e-5], rtol=1e-5
+    )

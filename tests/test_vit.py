@@ -52,7 +52,9 @@ def test_shapes_and_dtypes_for_every_named_size(name, image_size, patch):
     grid = image_size // patch
     params = variables["params"]
     assert params["pos_embed"].shape[1] == grid * grid + (0 if model.num_gpsa_layers else 1)
-    gpsa_blocks = [k for k, v in params.items() if k.startswith("blocks_") and "gating_param" in v["attn"]]
+    gpsa_blocks = [
+        k for k, v in params.items() if k.startswith("blocks_") and "gating_param" in v["attn"]
+    ]
     assert len(gpsa_blocks) == VIT_VARIANTS[name]["num_gpsa_layers"]
 
 
@@ -60,7 +62,11 @@ def test_deit_has_no_gpsa_layer_and_takes_an_empty_strength_vector():
     model = create_model("deit_tiny", num_classes=10, patch_size=4)
     assert model.num_gpsa_layers == 0
     variables, logits = abstract_init(model, 32)
-    assert not any("gating_param" in b["attn"] for k, b in variables["params"].items() if k.startswith("blocks_"))
+    assert not any(
+        "gating_param" in b["attn"]
+        for k, b in variables["params"].items()
+        if k.startswith("blocks_")
+    )
     assert logits.shape == (2, 10)
 
 
@@ -88,11 +94,16 @@ def test_unknown_model_name_lists_the_choices():
 
 
 def test_a_field_the_model_lacks_is_an_error_naming_the_field_and_the_model():
-    with pytest.raises(ValueError, match="model 'resnet18' has no field 'num_gpsa_layers'; its "
-                                         "fields: stem, width, zero_init_residual, dtype$"):
+    with pytest.raises(
+        ValueError,
+        match="model 'resnet18' has no field 'num_gpsa_layers'; its "
+        "fields: stem, width, zero_init_residual, dtype$",
+    ):
         create_model("resnet18", num_classes=10, num_gpsa_layers=2)
-    with pytest.raises(ValueError, match="model 'deit_tiny' has no field 'width'; its fields: "
-                                         "patch_size, hidden_size"):
+    with pytest.raises(
+        ValueError,
+        match="model 'deit_tiny' has no field 'width'; its fields: patch_size, hidden_size",
+    ):
         create_model("deit_tiny", num_classes=10, patch_size=4, width=64)
 
 
@@ -123,10 +134,16 @@ def test_feature_maps_equal_the_residual_stream():
     variables = model.init(jax.random.key(1), images, jnp.ones((0,)))
     _, maps = apply_with_feature_maps(model, variables, images)
     params = variables["params"]
-    patches = jax.lax.conv_general_dilated(
-        images, params["patch_embed"]["kernel"], (4, 4), "VALID",
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-    ) + params["patch_embed"]["bias"]
+    patches = (
+        jax.lax.conv_general_dilated(
+            images,
+            params["patch_embed"]["kernel"],
+            (4, 4),
+            "VALID",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        + params["patch_embed"]["bias"]
+    )
     # ConViT with no GPSA layer: position embedding added before the class token joins.
     expected = patches + params["pos_embed"].reshape(1, 4, 4, 32)
     np.testing.assert_allclose(maps[0], expected, atol=1e-5)
@@ -140,8 +157,12 @@ def test_stochastic_depth_and_dropout_only_in_training():
     eval_a = model.apply(variables, images, strength, train=False)
     eval_b = model.apply(variables, images, strength, train=False)
     np.testing.assert_array_equal(eval_a, eval_b)
-    train_a = model.apply(variables, images, strength, train=True, rngs={"dropout": jax.random.key(2)})
-    train_b = model.apply(variables, images, strength, train=True, rngs={"dropout": jax.random.key(3)})
+    train_a = model.apply(
+        variables, images, strength, train=True, rngs={"dropout": jax.random.key(2)}
+    )
+    train_b = model.apply(
+        variables, images, strength, train=True, rngs={"dropout": jax.random.key(3)}
+    )
     assert jnp.abs(train_a - eval_a).max() > 1e-4
     assert jnp.abs(train_a - train_b).max() > 1e-4
 

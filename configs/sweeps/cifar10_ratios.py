@@ -17,8 +17,8 @@ schedules fixed and change only how many distinct images the steps draw from. On
 is also what fits: every run costs the same (README, "Results on real data").
 """
 
-from prs_jax import config_lib
 from prs_jax.sweep import Run
+from prs_jax.training import config_lib
 
 MODELS = ("resnet", "deit", "convit", "uniform", "prs")  # configs/cifar10.py variants
 # (ratio, seed) in run order.

@@ -19,16 +19,17 @@ Expected (the PRS paper's claim): the ConViT-style models beat DeiT at every rat
 wins the smallest ratios, and PRS improves on ConViT most at the small ratios.
 """
 
-from prs_jax import config_lib
 from prs_jax.sweep import Run
+from prs_jax.training import config_lib
 
 RATIOS = (0.05, 0.1, 0.25, 0.5, 1.0)
 CONFIG_FILES = {"cifar100": "configs/cifar100.py", "imagenet": "configs/imagenet.py"}
 
 
 def get_sweep(arg=None):
-    arg = config_lib.parse_arg(arg, dataset="cifar100", resnet="resnet18", runlocal=False,
-                               epochs=-1.0)
+    arg = config_lib.parse_arg(
+        arg, dataset="cifar100", resnet="resnet18", runlocal=False, epochs=-1.0
+    )
     if arg.dataset not in CONFIG_FILES:
         raise ValueError(f"unknown dataset {arg.dataset!r}; choose one of {sorted(CONFIG_FILES)}")
     if arg.dataset == "cifar100" and arg.resnet != "resnet18":
@@ -39,9 +40,11 @@ def get_sweep(arg=None):
     runs = []
     for model, variant in models.items():
         for ratio in RATIOS:
-            runs.append(Run(
-                name=f"{model}_data{round(100 * ratio):03d}",
-                config=f"{CONFIG_FILES[arg.dataset]}:{variant}{options}",
-                overrides={"data.train_fraction": ratio},
-            ))
+            runs.append(
+                Run(
+                    name=f"{model}_data{round(100 * ratio):03d}",
+                    config=f"{CONFIG_FILES[arg.dataset]}:{variant}{options}",
+                    overrides={"data.train_fraction": ratio},
+                )
+            )
     return runs

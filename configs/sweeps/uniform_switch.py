@@ -17,16 +17,18 @@ Hardware and time: CIFAR-100, one A100 or TPU v3-8, 300 epochs: six runs of a fe
 data, and PRS matches or beats the best uniform switch.
 """
 
-from prs_jax import config_lib, sweep
+from prs_jax import sweep
 from prs_jax.sweep import Run
+from prs_jax.training import config_lib
 
 SWITCH_FRACTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)  # of the run's epochs
 CONFIG_FILES = {"cifar100": "configs/cifar100.py", "imagenet": "configs/imagenet.py"}
 
 
 def get_sweep(arg=None):
-    arg = config_lib.parse_arg(arg, dataset="cifar100", runlocal=False, epochs=-1.0,
-                               train_fraction=1.0)
+    arg = config_lib.parse_arg(
+        arg, dataset="cifar100", runlocal=False, epochs=-1.0, train_fraction=1.0
+    )
     if arg.dataset not in CONFIG_FILES:
         raise ValueError(f"unknown dataset {arg.dataset!r}; choose one of {sorted(CONFIG_FILES)}")
     options = ",runlocal" if arg.runlocal else ""
@@ -39,11 +41,16 @@ def get_sweep(arg=None):
     runs = []
     for fraction in SWITCH_FRACTIONS:
         epoch = fraction * num_epochs
-        runs.append(Run(
-            name=f"uniform_switch{round(100 * fraction):03d}",
-            config=uniform,
-            overrides={"schedule.first_layer_switch_epoch": epoch,
-                       "schedule.last_layer_switch_epoch": epoch, **data},
-        ))
+        runs.append(
+            Run(
+                name=f"uniform_switch{round(100 * fraction):03d}",
+                config=uniform,
+                overrides={
+                    "schedule.first_layer_switch_epoch": epoch,
+                    "schedule.last_layer_switch_epoch": epoch,
+                    **data,
+                },
+            )
+        )
     runs.append(Run(name="prs", config=f"{CONFIG_FILES[arg.dataset]}:prs{options}", overrides=data))
     return runs

@@ -1,9 +1,14 @@
 """Input pipelines: random-access sources -> per-example host augmentation -> grain batches.
 
+Modules, each importing only those above it:
+
+  specs.py        what every data module shares: DatasetSpec, the normalisation constants and
+                  the record format (uint8 RGB at image_size)
+  subsets.py      class-balanced, seeded, nested subsets by ratio, from the labels alone
+  folders.py      folders of images, ROOT/<split>/<class>/*.jpg|png, read with PIL
   sources.py      TFDS datasets (CIFAR-100, ImageNet, any image classification) and scikit-learn's
                   digits as {'image', 'label'} records
-  folders.py      folders of images, ROOT/<split>/<class>/*.jpg|png, read with PIL
-  subsets.py      class-balanced, seeded, nested train subsets by ratio (`train_fraction`)
+  train_examples.py  the configured train split or its `train_fraction` subset, and its ids
   randaugment.py  RandAugment on uint8 images (timm "rand-mM-nN" semantics, PIL ops)
   augment.py      the per-example recipes (pad-crop or random-resized-crop, flip, RandAugment,
                   normalise, erasing; eval resize + center crop)
@@ -21,7 +26,11 @@ from prs_jax.data.pipeline import (
     default_data_config,
 )
 from prs_jax.data.sources import DATASETS
-from prs_jax.data.subsets import TRAIN_IDS_FILENAME, save_train_example_ids, train_example_ids
+from prs_jax.data.train_examples import (
+    TRAIN_IDS_FILENAME,
+    save_train_example_ids,
+    train_example_ids,
+)
 
 __all__ = [
     "DATASETS",

@@ -9,7 +9,7 @@ normalised image, per-pixel normal noise). The crop is
                          ratio=(3/4, 4/3)), bicubic (DeiT on ImageNet, from the original image).
 Eval: 'none' (the source's image_size) or 'resize_center_crop' (shorter side to
 floor(image_size / crop_pct), bicubic, then the central image_size square: 256 -> 224 at 0.875).
-Batch-level augmentations (mixup/cutmix) run on device, in prs_jax.mixing.
+Batch-level augmentations (mixup/cutmix) run on device, in prs_jax.method.mixing.
 
 Crop, flip and erasing are a few lines of numpy here: a library version (torchvision, timm, keras)
 would bring torch or tf tensors and its own random state into a per-example numpy pipeline.

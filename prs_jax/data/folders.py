@@ -39,7 +39,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from prs_jax.data import sources, subsets
+from prs_jax.data import specs, subsets
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 ON_CORRUPT = ("raise", "skip")
@@ -171,7 +171,8 @@ def scan_split(
         keep_images = decoded <= cache_max_bytes
         logging.info(
             "%s: %.2f GiB of decoded images; %s (data.folder_cache_max_gib).",
-            os.path.join(root, split), decoded / 2**30,
+            os.path.join(root, split),
+            decoded / 2**30,
             "keeping them in memory" if keep_images else "reading the files while training",
         )
     images, bad = _decode_all(paths, keep_images)
@@ -185,7 +186,9 @@ def scan_split(
     if bad:
         logging.warning(
             "Skipped %d unreadable image file(s) in %s, e.g. %s.",
-            len(bad), os.path.join(root, split), ", ".join(list(bad)[:3]),
+            len(bad),
+            os.path.join(root, split),
+            ", ".join(list(bad)[:3]),
         )
     keep = np.array([p not in bad for p in paths], bool)
     return FolderSplit(
@@ -211,8 +214,9 @@ def cache_max_bytes(data_config: ml_collections.ConfigDict) -> float:
     return data_config.get("folder_cache_max_gib", 4.0) * 2**30 / processes
 
 
-def _check_same_classes(train: FolderSplit, other: FolderSplit, root: str, split: str,
-                        train_split: str) -> None:
+def _check_same_classes(
+    train: FolderSplit, other: FolderSplit, root: str, split: str, train_split: str
+) -> None:
     if train.class_names != other.class_names:
         only_train = sorted(set(train.class_names) - set(other.class_names))
         only_other = sorted(set(other.class_names) - set(train.class_names))
@@ -266,9 +270,9 @@ def folder_split(data_config: ml_collections.ConfigDict, split: str) -> FolderSp
         train,
         paths=tuple(p for p, k in zip(train.paths, keep) if k),
         labels=train.labels[keep],
-        images=None if train.images is None else tuple(
-            im for im, k in zip(train.images, keep) if k
-        ),
+        images=None
+        if train.images is None
+        else tuple(im for im, k in zip(train.images, keep) if k),
     )
 
 
@@ -288,7 +292,7 @@ class ImageFolderSource:
         else:
             image = self._split.images[index]
         return {
-            "image": sources.to_rgb_uint8(image, self._image_size),
+            "image": specs.to_rgb_uint8(image, self._image_size),
             "label": int(self._split.labels[index]),
         }
 
@@ -321,12 +325,12 @@ def _open_folder_split(
     )
 
 
-def folder_spec(data_config: ml_collections.ConfigDict) -> sources.DatasetSpec:
+def folder_spec(data_config: ml_collections.ConfigDict) -> specs.DatasetSpec:
     """The DatasetSpec of a folder dataset: classes from the train split, ImageNet statistics."""
     train = folder_split(data_config, data_config.train_split)
-    return sources.DatasetSpec(
+    return specs.DatasetSpec(
         num_classes=len(train.class_names),
-        mean=sources.IMAGENET_MEAN,
-        std=sources.IMAGENET_STD,
+        mean=specs.IMAGENET_MEAN,
+        std=specs.IMAGENET_STD,
         open_split=_open_folder_split,
     )

@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from prs_jax.data import augment, sources, subsets
+from prs_jax.data import augment, sources, train_examples
 
 # Thread prefetch inside each process (and each grain worker). An element here is a whole batch,
 # and augmentation is mostly GIL-bound Python: a few threads and a short buffer; scale with
@@ -119,7 +119,7 @@ def dataset_info(data_config: ml_collections.ConfigDict) -> DatasetInfo:
     return DatasetInfo(
         name=data_config.name,
         num_classes=spec.num_classes,
-        num_train_examples=len(subsets.train_source(data_config)),
+        num_train_examples=len(train_examples.train_source(data_config)),
         num_eval_examples=len(sources.open_source(data_config, data_config.eval_split)),
         image_size=data_config.image_size,
     )
@@ -185,7 +185,7 @@ def create_train_iterator(
     if not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"config.data.repeated_augmentation={repeats!r}; must be an integer >= 1")
     crop = data_config.train_crop
-    source = subsets.train_source(data_config, native_size=crop == "random_resized_crop")
+    source = train_examples.train_source(data_config, native_size=crop == "random_resized_crop")
     steps_per_epoch = len(source) // global_batch_size
     if steps_per_epoch == 0:
         raise ValueError(

@@ -19,62 +19,32 @@ Every source also gives `labels()`, all its labels without decoding an image (fo
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import re
 import tempfile
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from absl import logging
-from PIL import Image
+
+from prs_jax.data import folders
+from prs_jax.data.specs import (
+    FOLDER_DATASET,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    NORMALIZATIONS,
+    DatasetSpec,
+    to_rgb_uint8,
+)
 
 # scikit-learn's digits split: a fixed, stratified 80/20 train/test split.
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
 DIGITS_SPLITS = ("train", "test")
 
-# torchvision's ImageNet statistics: DeiT and ConViT normalise every dataset with them
-# (config.data.normalization='imagenet', the default).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-NORMALIZATIONS = ("imagenet", "dataset")
-FOLDER_DATASET = "image_folder"  # config.data.name of a folder of images (prs_jax.data.folders)
 # Labels read per __getitems__ call when scanning a TFDS split for its labels.
 _LABEL_READ_CHUNK = 4096
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetSpec:
-    """What the pipeline needs to know about a dataset besides its records."""
-
-    num_classes: int
-    # The dataset's own statistics per channel, images scaled to [0, 1] (ImageNet's where unknown);
-    # used with config.data.normalization='dataset'.
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    # (split, data_config, native_size) -> random-access source of records, at
-    # data_config.image_size unless native_size.
-    open_split: Callable[[str, Any, bool], Any]
-
-
-def to_rgb_uint8(image: np.ndarray, image_size: int | None) -> np.ndarray:
-    """uint8[H, W] or [H, W, C in {1, 3}] -> uint8[image_size, image_size, 3] (PIL bicubic).
-
-    image_size None keeps H x W.
-    """
-    image = np.asarray(image, np.uint8)
-    if image.ndim == 3 and image.shape[-1] == 1:
-        image = image[..., 0]
-    if image_size is not None and image.shape[:2] != (image_size, image_size):
-        resized = Image.fromarray(image).resize((image_size, image_size), Image.Resampling.BICUBIC)
-        image = np.asarray(resized)
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=-1)
-    return image
 
 
 class TfdsSource:
@@ -233,7 +203,7 @@ def open_tfds(
         ) from e
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def digits_split_indices() -> dict[str, np.ndarray]:
     """Indices into load_digits() of the 80/20 stratified split ('train': 1437, 'test': 360)."""
     from sklearn import datasets, model_selection  # pylint: disable=import-outside-toplevel
@@ -368,8 +338,6 @@ def dataset_spec(data_config: Any) -> DatasetSpec:
     if name in DATASETS:
         return DATASETS[name]
     if name == FOLDER_DATASET:
-        from prs_jax.data import folders  # pylint: disable=import-outside-toplevel
-
         return folders.folder_spec(data_config)
     if not isinstance(name, str) or not name:
         raise ValueError(f"config.data.name={name!r}; allowed: one of {sorted(DATASETS)}")

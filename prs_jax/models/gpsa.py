@@ -73,7 +73,7 @@ def timm_trunc_normal(stddev: float, bound: float = 2.0) -> nn.initializers.Init
 dense_init = timm_trunc_normal(0.02)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def relative_indices(grid_size: int) -> np.ndarray:
     """Offsets between patches on a row-major S x S grid: f32[S*S, S*S, 3] of (dx, dy, dx^2 + dy^2).
 
@@ -193,9 +193,7 @@ class GatedPositionalSelfAttention(nn.Module):
             self.sow(
                 "intermediates",
                 "attention_weights",
-                mixed_attention(
-                    q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3), positional, gate
-                ),
+                mixed_attention(q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3), positional, gate),
             )
         out = gpsa_attention(x, qk_kernel, v, positional, gate, conv_strength >= 1.0)
         out = merge_heads(out.astype(self.dtype), cast(proj_kernel)) + cast(proj_bias)
@@ -208,7 +206,9 @@ class GatedPositionalSelfAttention(nn.Module):
         if x.shape[-1] % self.num_heads:
             raise ValueError(f"width {x.shape[-1]} is not divisible by {self.num_heads} heads")
         if jnp.shape(conv_strength) != ():
-            raise ValueError(f"conv_strength must be a scalar, got shape {jnp.shape(conv_strength)}")
+            raise ValueError(
+                f"conv_strength must be a scalar, got shape {jnp.shape(conv_strength)}"
+            )
         return grid_size_of(x.shape[1])
 
 

@@ -131,7 +131,7 @@ class ReferenceVisionTransformer(nn.Module):
     layer_norm_epsilon: float = 1e-6
 
     @classmethod
-    def from_model(cls, model: VisionTransformer) -> "ReferenceVisionTransformer":
+    def from_model(cls, model: VisionTransformer) -> ReferenceVisionTransformer:
         """The reference of the same configuration as `model` (same parameter tree)."""
         if model.dropout_rate:
             raise ValueError("the reference models stochastic depth only: dropout_rate must be 0")

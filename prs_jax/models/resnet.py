@@ -39,9 +39,7 @@ def _pad(kernel_size: int) -> tuple[tuple[int, int], tuple[int, int]]:
     return ((kernel_size // 2, kernel_size // 2),) * 2
 
 
-def _conv(
-    features: int, kernel_size: int, strides: int = 1, *, dtype: Dtype, name: str
-) -> nn.Conv:
+def _conv(features: int, kernel_size: int, strides: int = 1, *, dtype: Dtype, name: str) -> nn.Conv:
     """A bias-free k x k conv with PyTorch padding and torchvision's init: [B,H,W,C] -> [B,H/s,W/s,F]."""
     return nn.Conv(
         features,
@@ -232,7 +230,9 @@ class ResNet(nn.Module):
 
 def resnet18(num_classes: int, stem: str = "cifar", **kwargs: Any) -> ResNet:
     """ResNet-18: basic blocks [2, 2, 2, 2] (11.7 M params with the ImageNet stem, 1000 classes)."""
-    return ResNet(stage_sizes=(2, 2, 2, 2), block="basic", num_classes=num_classes, stem=stem, **kwargs)
+    return ResNet(
+        stage_sizes=(2, 2, 2, 2), block="basic", num_classes=num_classes, stem=stem, **kwargs
+    )
 
 
 def resnet50(num_classes: int, stem: str = "imagenet", **kwargs: Any) -> ResNet:

@@ -251,7 +251,11 @@ class VisionTransformer(nn.Module):
                 " the class token joins after the last GPSA layer and needs a self-attention block"
                 " to read the image"
             )
-        if images.ndim != 4 or images.shape[1] % self.patch_size or images.shape[2] % self.patch_size:
+        if (
+            images.ndim != 4
+            or images.shape[1] % self.patch_size
+            or images.shape[2] % self.patch_size
+        ):
             raise ValueError(
                 f"images must be [B, H, W, C] with H and W divisible by patch_size={self.patch_size},"
                 f" got shape {images.shape}"

@@ -14,7 +14,8 @@ import sys
 
 from absl import app, flags
 
-from prs_jax import checkpointing, main, train
+from prs_jax import main
+from prs_jax.training import checkpointing, train
 
 flags.DEFINE_enum("signal", "KILL", ["KILL", "TERM"], "Signal to send to this process.")
 flags.DEFINE_integer("at_step", 0, "Send the signal during this train step (1-based).")

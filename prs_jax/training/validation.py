@@ -13,8 +13,9 @@ from typing import Any
 
 import ml_collections
 
-from prs_jax import config_lib, data, models
-from prs_jax import optimizer as optimizer_lib
+from prs_jax import data, models
+from prs_jax.method import optimizer as optimizer_lib
+from prs_jax.training import config_lib
 
 
 class ConfigError(ValueError):
@@ -24,11 +25,19 @@ class ConfigError(ValueError):
 def validate_config(config: ml_collections.ConfigDict, *, device_count: int) -> None:
     """Raise ConfigError for the first problem found in `config`; see the checks below."""
     # config.data.name is checked by prs_jax.data.dataset_info, which knows the sources.
-    _check(config.model.name in models.MODEL_NAMES, "model.name", config.model.name,
-           f"one of {', '.join(models.MODEL_NAMES)}")
+    _check(
+        config.model.name in models.MODEL_NAMES,
+        "model.name",
+        config.model.name,
+        f"one of {', '.join(models.MODEL_NAMES)}",
+    )
     image_size = config.data.image_size
-    _check(isinstance(image_size, int) and image_size > 0, "data.image_size", image_size,
-           "a positive integer")
+    _check(
+        isinstance(image_size, int) and image_size > 0,
+        "data.image_size",
+        image_size,
+        "a positive integer",
+    )
 
     # Only the fields that are set: an unset one (None) keeps the named model's default.
     model_name, overrides = config.model.name, config_lib.model_overrides(config.model)
@@ -43,13 +52,25 @@ def validate_config(config: ml_collections.ConfigDict, *, device_count: int) -> 
     if is_vit:
         fields = {**models.VIT_VARIANTS[model_name], **overrides}
         patch = fields.get("patch_size")
-        _check(isinstance(patch, int) and patch > 0 and image_size % patch == 0,
-               "model.patch_size", patch, f"a positive divisor of data.image_size={image_size}")
+        _check(
+            isinstance(patch, int) and patch > 0 and image_size % patch == 0,
+            "model.patch_size",
+            patch,
+            f"a positive divisor of data.image_size={image_size}",
+        )
         depth, gpsa = fields["depth"], fields["num_gpsa_layers"]
-        _check(isinstance(gpsa, int) and 0 <= gpsa < depth, "model.num_gpsa_layers", gpsa,
-               f"0 to depth - 1 = {depth - 1} (the class token needs one self-attention block)")
-        _check(fields["hidden_size"] % fields["num_heads"] == 0, "model.num_heads",
-               fields["num_heads"], f"a divisor of hidden_size={fields['hidden_size']}")
+        _check(
+            isinstance(gpsa, int) and 0 <= gpsa < depth,
+            "model.num_gpsa_layers",
+            gpsa,
+            f"0 to depth - 1 = {depth - 1} (the class token needs one self-attention block)",
+        )
+        _check(
+            fields["hidden_size"] % fields["num_heads"] == 0,
+            "model.num_heads",
+            fields["num_heads"],
+            f"a divisor of hidden_size={fields['hidden_size']}",
+        )
         if gpsa:
             # GPSA's local init points heads at a k x k kernel; at least one head is needed.
             _check(fields["num_heads"] >= 1, "model.num_heads", fields["num_heads"], ">= 1")
@@ -57,23 +78,39 @@ def validate_config(config: ml_collections.ConfigDict, *, device_count: int) -> 
         if name in overrides:
             _check(0.0 <= overrides[name] < 1.0, f"model.{name}", overrides[name], "in [0, 1)")
     if "dtype" in overrides:
-        _check(overrides["dtype"] in ("float32", "bfloat16", "float16"), "model.dtype",
-               overrides["dtype"], "float32, bfloat16 or float16")
+        _check(
+            overrides["dtype"] in ("float32", "bfloat16", "float16"),
+            "model.dtype",
+            overrides["dtype"],
+            "float32, bfloat16 or float16",
+        )
 
     _check(config.num_epochs > 0, "num_epochs", config.num_epochs, "> 0")
     schedule = config.schedule
     for name in ("first_layer_switch_epoch", "last_layer_switch_epoch"):
         value = schedule[name]
-        _check(0.0 <= value <= config.num_epochs, f"schedule.{name}", value,
-               f"in [0, num_epochs={config.num_epochs}] (num_epochs: never switch)")
-    _check(schedule.ramp_epochs >= 0.0, "schedule.ramp_epochs", schedule.ramp_epochs,
-           ">= 0 (0 is a hard switch)")
+        _check(
+            0.0 <= value <= config.num_epochs,
+            f"schedule.{name}",
+            value,
+            f"in [0, num_epochs={config.num_epochs}] (num_epochs: never switch)",
+        )
+    _check(
+        schedule.ramp_epochs >= 0.0,
+        "schedule.ramp_epochs",
+        schedule.ramp_epochs,
+        ">= 0 (0 is a hard switch)",
+    )
 
     for name in ("batch_size", "eval_batch_size"):
         value = config[name]
-        _check(isinstance(value, int) and value > 0 and value % device_count == 0, name, value,
-               f"a positive multiple of the number of devices ({device_count}; on a CPU host"
-               " PRS_JAX_CPU_DEVICES=N sets that number)")
+        _check(
+            isinstance(value, int) and value > 0 and value % device_count == 0,
+            name,
+            value,
+            f"a positive multiple of the number of devices ({device_count}; on a CPU host"
+            " PRS_JAX_CPU_DEVICES=N sets that number)",
+        )
     train_fraction = config.data.get("train_fraction", 1.0)
     _check(0.0 < train_fraction <= 1.0, "data.train_fraction", train_fraction, "in (0, 1]")
 
@@ -83,25 +120,45 @@ def validate_config(config: ml_collections.ConfigDict, *, device_count: int) -> 
     except ValueError as e:
         raise ConfigError(f"config.{e}") from None
     for name in ("min_learning_rate", "warmup_learning_rate"):
-        _check(0 <= optimizer[name] <= peak, f"optimizer.{name}", optimizer[name],
-               f"in [0, the peak learning rate {peak:g}]")
-    _check(0 <= optimizer.warmup_epochs <= config.num_epochs, "optimizer.warmup_epochs",
-           optimizer.warmup_epochs, f"in [0, num_epochs={config.num_epochs}]")
+        _check(
+            0 <= optimizer[name] <= peak,
+            f"optimizer.{name}",
+            optimizer[name],
+            f"in [0, the peak learning rate {peak:g}]",
+        )
+    _check(
+        0 <= optimizer.warmup_epochs <= config.num_epochs,
+        "optimizer.warmup_epochs",
+        optimizer.warmup_epochs,
+        f"in [0, num_epochs={config.num_epochs}]",
+    )
     _check(optimizer.weight_decay >= 0, "optimizer.weight_decay", optimizer.weight_decay, ">= 0")
-    _check(optimizer.grad_clip_norm >= 0, "optimizer.grad_clip_norm", optimizer.grad_clip_norm,
-           ">= 0 (0 disables clipping)")
+    _check(
+        optimizer.grad_clip_norm >= 0,
+        "optimizer.grad_clip_norm",
+        optimizer.grad_clip_norm,
+        ">= 0 (0 disables clipping)",
+    )
 
     augment = config.augment
-    _check(0.0 <= augment.label_smoothing < 1.0, "augment.label_smoothing",
-           augment.label_smoothing, "in [0, 1)")
+    _check(
+        0.0 <= augment.label_smoothing < 1.0,
+        "augment.label_smoothing",
+        augment.label_smoothing,
+        "in [0, 1)",
+    )
     for name in ("mixup_alpha", "cutmix_alpha"):
         _check(augment[name] >= 0, f"augment.{name}", augment[name], ">= 0 (0 disables it)")
     for name in ("mix_prob", "switch_prob"):
         _check(0.0 <= augment[name] <= 1.0, f"augment.{name}", augment[name], "in [0, 1]")
 
     for name in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
-        _check(isinstance(config[name], int) and config[name] > 0, name, config[name],
-               "a positive integer")
+        _check(
+            isinstance(config[name], int) and config[name] > 0,
+            name,
+            config[name],
+            "a positive integer",
+        )
     _check(config.eval_every_epochs > 0, "eval_every_epochs", config.eval_every_epochs, "> 0")
     fourier_every_epochs = config.get("fourier_every_epochs", 0.0)
     _check(fourier_every_epochs >= 0, "fourier_every_epochs", fourier_every_epochs, ">= 0 (0: off)")
@@ -186,7 +243,7 @@ def _check(ok: bool, field: str, value: Any, allowed: str) -> None:
 
 def _is_data_default(key: str, value: Any) -> bool:
     defaults = data.default_data_config()
-    field = key[len("data."):]
+    field = key[len("data.") :]
     return field in defaults and defaults[field] == value
 
 

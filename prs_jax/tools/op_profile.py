@@ -255,10 +255,12 @@ def report(
     lines = [f"device time per step and device: {total * 1e3:.1f} ms"]
     if model_flops_per_device:
         bound = breakdown.seconds_with_matmuls_at(yardstick_per_device)
-        lines[0] += (f" = {model_flops_per_device / total / yardstick_per_device:.0%} of the"
-                     " matmul rate; with every matmul at that rate: "
-                     f"{bound * 1e3:.1f} ms = "
-                     f"{model_flops_per_device / bound / yardstick_per_device:.0%}")
+        lines[0] += (
+            f" = {model_flops_per_device / total / yardstick_per_device:.0%} of the"
+            " matmul rate; with every matmul at that rate: "
+            f"{bound * 1e3:.1f} ms = "
+            f"{model_flops_per_device / bound / yardstick_per_device:.0%}"
+        )
     labels = {
         "matmul": "matmuls and convolutions",
         "other": "other (elementwise, reductions, copies)",
@@ -269,8 +271,10 @@ def report(
         extra = ""
         if kind == "matmul" and seconds:
             rate = breakdown.matmul_rate()
-            extra = (f"  {breakdown.matmul_flops / 1e9:.1f} GFLOP at {rate / 1e9:.1f} GFLOP/s"
-                     f" = {rate / yardstick_per_device:.0%} of the matmul rate")
+            extra = (
+                f"  {breakdown.matmul_flops / 1e9:.1f} GFLOP at {rate / 1e9:.1f} GFLOP/s"
+                f" = {rate / yardstick_per_device:.0%} of the matmul rate"
+            )
         share = seconds / total if total else float("nan")
         lines.append(f"  {labels[kind]:42s}{seconds * 1e3:8.1f} ms  {share:4.0%}{extra}")
     if breakdown.unmatched_seconds:

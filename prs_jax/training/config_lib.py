@@ -117,7 +117,7 @@ def model_config(name: str) -> ml_collections.ConfigDict:
     An unset field (a None placeholder) means the named model's default (models.VIT_VARIANTS,
     the model's dataclass); being present, any field can be set on the command line
     (`--config.model.hidden_size=128`). A field set for a model that has no such field is a
-    ConfigError (prs_jax.validation); `model_overrides` gives the fields that are set.
+    ConfigError (prs_jax.training.validation); `model_overrides` gives the fields that are set.
     """
     unset = ml_collections.config_dict.placeholder
     return ml_collections.ConfigDict(
@@ -165,7 +165,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     config.data = data.default_data_config()
 
-    # Conv strength per GPSA layer (prs_jax.schedule): layer l switches at
+    # Conv strength per GPSA layer (prs_jax.method.schedule): layer l switches at
     # first + (last - first) * l / (L - 1) epochs, over `ramp_epochs` (0 = a hard switch).
     config.schedule = ml_collections.ConfigDict()
     config.schedule.first_layer_switch_epoch = 0.0
@@ -177,7 +177,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval_batch_size = 256
 
     config.optimizer = ml_collections.ConfigDict()
-    # The peak learning rate (prs_jax.optimizer.resolve_learning_rate, at the start of a run):
+    # The peak learning rate (prs_jax.method.optimizer.resolve_learning_rate, at the start of a run):
     # DeiT's linear scaling rule, learning_rate_per_512 x batch_size / 512, so it follows a
     # --config.batch_size override; or an absolute `learning_rate` (> 0), which needs
     # learning_rate_per_512 = 0: a config that sets both is rejected.
@@ -197,7 +197,7 @@ def base_config() -> ml_collections.ConfigDict:
     # training at its switch like a fresh Adam. False: plain AdamW, as before issue 16.
     config.optimizer.pause_content_path_while_conv = True
 
-    # On-device batch augmentation (prs_jax.mixing).
+    # On-device batch augmentation (prs_jax.method.mixing).
     config.augment = ml_collections.ConfigDict()
     config.augment.label_smoothing = 0.1
     config.augment.mixup_alpha = 0.8

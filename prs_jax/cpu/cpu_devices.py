@@ -19,7 +19,7 @@ import math
 import os
 from collections.abc import Sequence
 
-from prs_jax import host_allocator
+from prs_jax.cpu import host_allocator
 
 ENV_SWITCH = "PRS_JAX_CPU_DEVICES"
 _DEVICE_COUNT_FLAG = "xla_force_host_platform_device_count"

@@ -132,9 +132,7 @@ def scale_by_adamw_paused(
     return optax.GradientTransformationExtraArgs(init, update)
 
 
-def resolve_learning_rate(
-    config: ml_collections.ConfigDict, batch_size: int
-) -> tuple[float, str]:
+def resolve_learning_rate(config: ml_collections.ConfigDict, batch_size: int) -> tuple[float, str]:
     """The peak learning rate of a run and how it was derived, for the log.
 
     `config` is the run config's `optimizer` section. An absolute `learning_rate` > 0 is used

@@ -189,9 +189,7 @@ def learning_rate_schedule(
     step(epoch) after each epoch, so its epoch e runs at the rate of e - 1.
     """
     alpha = 0.0 if base_learning_rate == 0 else end_learning_rate / base_learning_rate
-    cosine = optax.cosine_decay_schedule(
-        base_learning_rate, max(steps.total_steps, 1), alpha=alpha
-    )
+    cosine = optax.cosine_decay_schedule(base_learning_rate, max(steps.total_steps, 1), alpha=alpha)
     if steps.warmup_steps == 0:
         return cosine
     warmup = optax.linear_schedule(init_learning_rate, base_learning_rate, steps.warmup_steps)

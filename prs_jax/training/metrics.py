@@ -27,7 +27,7 @@ class JsonlWriter(metric_writers.MetricWriter):
         self._path = epath.Path(path)
         self._appendable = not str(path).startswith(("gs://", "s3://"))
         if self._appendable:
-            self._file = open(self._path, "a", encoding="utf-8")
+            self._file = open(self._path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
         else:
             self._lines = self._path.read_text().splitlines(True) if self._path.exists() else []
 

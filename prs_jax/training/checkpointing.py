@@ -12,12 +12,12 @@ from typing import Any
 
 import flax.linen as nn
 import grain
-from absl import logging
-from etils import epath
 import jax
 import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
 from orbax.checkpoint.checkpoint_managers import preservation_policy as preservation
 from orbax.checkpoint.checkpoint_managers import save_decision_policy as save_decision
 
@@ -116,7 +116,9 @@ def restore_latest(
             logging.warning(
                 "The latest checkpoint (step %d) is incomplete or corrupted; resumed from the"
                 " checkpoint at step %d instead. Set aside as %s.",
-                unreadable[0], step, ", ".join(f"{s}.unreadable" for s in unreadable),
+                unreadable[0],
+                step,
+                ", ".join(f"{s}.unreadable" for s in unreadable),
             )
         return restored.state, step
     if unreadable:
@@ -140,7 +142,9 @@ def latest_config(manager: ocp.CheckpointManager) -> dict[str, Any] | None:
     """The config saved with the newest checkpoint that has a readable one; None if none."""
     for step in sorted(manager.all_steps(), reverse=True):
         try:
-            return manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+            return manager.restore(
+                step, args=ocp.args.Composite(config=ocp.args.JsonRestore())
+            ).config
         except Exception as error:  # an unreadable checkpoint: restore_latest reports it
             logging.warning("No readable config in the checkpoint at step %d: %s", step, error)
     return None
