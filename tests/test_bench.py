@@ -153,6 +153,7 @@ def test_reused_host_memory_is_not_faulted_in_again():
     assert faults < 1000 < default_faults  # 256 MiB is 65536 pages of 4 KiB
 
 
+@pytest.mark.slow  # a long end-to-end run; -m 'not slow' skips it
 def test_the_command_line_reports_one_compilation_and_both_phases(tmp_path):
     """`python -m prs_jax.bench` end to end on the digits config (local data, a tiny model)."""
     command = [

@@ -680,6 +680,7 @@ app.run(recording_main)
 GLOBAL_BATCH, STEPS = 128, 11
 
 
+@pytest.mark.slow  # a long end-to-end run; -m 'not slow' skips it
 def test_two_processes_train_on_disjoint_halves_and_only_process_0_writes(tmp_path):
     """prs_jax.main twice, joined by jax.distributed over loopback: at every step the two
     processes read disjoint halves of the global batch, together exactly the batch one process

@@ -74,6 +74,7 @@ def test_notebooks_are_stored_without_outputs_and_run_anywhere(name):
     assert "google.colab" not in source and "jax.pmap" not in source
 
 
+@pytest.mark.slow  # a long end-to-end run; -m 'not slow' skips it
 def test_quickstart_then_fourier_analysis_run_headless_and_plot(tmp_path):
     """One test, so that pytest-xdist never runs the quickstart twice: the Fourier notebook
     compares the quickstart's run (two of its checkpoints) with converted timm weights."""

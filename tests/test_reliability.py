@@ -78,6 +78,7 @@ def test_main_trains_on_one_cpu_device_per_core(uninterrupted_digits):
     assert f"devices [{devices}]" in (uninterrupted_digits / "stderr.txt").read_text()
 
 
+@pytest.mark.slow  # a long end-to-end run; -m 'not slow' skips it
 @pytest.mark.parametrize(
     "how", [["--at_step=37"], ["--during_save=30"]], ids=["mid-step", "mid-save"]
 )

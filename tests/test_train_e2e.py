@@ -117,6 +117,7 @@ def test_tensorboard_events_hold_train_and_eval_scalars(finished_run):
     assert all(tags[t] == [4, 8] for t in fourier_tags)
 
 
+@pytest.mark.slow  # a long end-to-end run; -m 'not slow' skips it
 def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, monkeypatch, finished_run):
     config, _, uninterrupted = finished_run
     workdir = str(tmp_path / "resumed")

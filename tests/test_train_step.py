@@ -115,6 +115,7 @@ def test_the_train_step_rests_a_conv_layers_content_path_until_its_switch():
     np.testing.assert_array_equal(state.opt_state[0].content_count, [1, 6])
 
 
+@pytest.mark.slow  # a long end-to-end run; -m 'not slow' skips it
 def test_data_parallel_on_two_devices_equals_one_device():
     assert jax.device_count() >= 2, "conftest fakes two CPU devices"
     config = tiny_config(first_layer_switch_epoch=0.4, last_layer_switch_epoch=0.2)
