@@ -292,7 +292,7 @@ def test_a_runs_default_log_has_our_lines_and_clus_progress_but_no_library_chatt
 
 
 def test_library_log_level_info_brings_the_library_lines_back(tmp_path):
-    result = run_main(tmp_path / "run", "--library_log_level=info", "--config.num_epochs=1")
+    result = run_main(tmp_path / "run", "--library_log_level=info")
     assert result.returncode == 0, result.stderr[-3000:]
     assert " checkpoint_manager.py:" in result.stderr
 
