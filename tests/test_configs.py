@@ -369,3 +369,36 @@ def test_cifar10_sweep_covers_every_model_and_ratio_with_two_seeds_where_data_is
     assert all(s == ({0, 1} if key[-1] <= 0.1 else {0}) for key, s in seeds.items())
     # The small-data comparison comes first, so a sweep cut short still answers it.
     assert all("data010_seed0" in r.name for r in runs[:5])
+
+
+def test_cifar10_ablation_changes_one_thing_per_run_against_its_10pct_baseline():
+    from prs_jax import sweep
+
+    def flat(config):
+        return {k: v for k, v in config.to_dict().items() if k != "seed"}
+
+    def differences(run, baseline_variant):
+        config = sweep.load_config(run.config, run.overrides)
+        base = sweep.load_config(f"configs/cifar10.py:{baseline_variant},fraction=0.1")
+        assert config.seed == 0 and config.data.train_fraction == 0.1
+        a, b = flat(config), flat(base)
+        return {k for k in a if a[k] != b[k]}, config, base
+
+    runs = {
+        r.name.removesuffix("_data010_seed0"): r
+        for r in sweep.load_sweep("configs/sweeps/cifar10_ablation.py")
+    }
+    assert len(runs) == 9
+    for name in ("prs_steps1800", "convit_steps1800", "uniform_steps1800", "deit_steps1800"):
+        changed, config, base = differences(runs[name], name.split("_")[0])
+        assert config.num_epochs == pytest.approx(3 * base.num_epochs), name  # 1,800 steps
+        assert config.model == base.model and config.data == base.data, name
+    changed, config, base = differences(runs["prs_train_content_path"], "prs")
+    assert changed == {"optimizer"}
+    assert not config.optimizer.pause_content_path_while_conv
+    assert base.optimizer.pause_content_path_while_conv
+    for name in ("prs_ramp010", "prs_late", "prs_early"):
+        changed, config, base = differences(runs[name], "prs")
+        assert changed == {"schedule"}, (name, changed)
+    _, late, base = differences(runs["prs_late"], "prs")
+    assert late.schedule.first_layer_switch_epoch > base.schedule.first_layer_switch_epoch
