@@ -187,6 +187,9 @@ def describe(config: ml_collections.ConfigDict, model: Any, num_params: int) -> 
 def main(argv: list[str]) -> None:
     del argv
     config = FLAGS.config
+    # The benchmark reports compile seconds and counts: loading executables from a persistent
+    # compilation cache (JAX_COMPILATION_CACHE_DIR, as the tests set) would hide both.
+    jax.config.update("jax_enable_compilation_cache", False)
     # Before JAX's backend starts: one device per core on a CPU host, as prs_jax.main does.
     per_core = cpu_devices.configure([config.batch_size, config.eval_batch_size])
     num_classes = sources.dataset_spec(config.data).num_classes
