@@ -4,6 +4,8 @@ compilation cache shared by the test processes and the runs they start."""
 import os
 import pathlib
 
+import pytest
+
 # Must run before jax is imported anywhere in the test session.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["XLA_FLAGS"] = (
@@ -22,3 +24,12 @@ os.environ.setdefault(
 )
 # Cache every compile over 0.2 s (JAX's default, 1 s, leaves out most of the tiny models').
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+
+
+@pytest.fixture(scope="session")
+def mocked_run(tmp_path_factory):
+    """tests/support/mocked_run.py's tiny PRS run, trained once per test process. Read it only:
+    a test that resumes or damages it works on `copy_of_run`."""
+    from tests.support.mocked_run import train_tiny_run
+
+    return train_tiny_run(str(tmp_path_factory.mktemp("mocked_run")))

@@ -2,6 +2,8 @@
 straightforward models/reference.py (same parameters) in outputs and gradients, at every conv
 strength, in training (stochastic depth) and evaluation."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -32,7 +34,10 @@ def random_params(model, seed=1):
     return jax.tree.unflatten(tree, noisy)
 
 
+@functools.partial(jax.jit, static_argnums=(0, 3))
 def loss_and_grads(model, params, conv_strength, train):
+    # Jitted: one compile per model and mode (and a persistent-cache hit on a rerun) instead of
+    # the op-by-op dispatch of an eager backward pass, which took ~30 s on its first call.
     def loss(p):
         logits = model.apply(
             {"params": p}, IMAGES, conv_strength, train=train, rngs={"dropout": jax.random.key(7)}

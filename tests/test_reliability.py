@@ -10,12 +10,11 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-import tensorflow_datasets as tfds
 
 from prs_jax.cpu import cpu_devices
 from prs_jax.training import train, validation
+from tests.support.mocked_run import TOTAL_STEPS, copy_of_run, mocked_cifar100, tiny_run_config
 from tests.test_configs import load
-from tests.test_train_e2e import NUM_MOCK, TOTAL_STEPS, tiny_run_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -113,18 +112,16 @@ def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path):
 # In-process runs on mocked CIFAR-100.
 
 
-@pytest.fixture
-def mocked_cifar100():
-    with tfds.testing.mock_data(num_examples=NUM_MOCK, policy=tfds.testing.MockPolicy.USE_CODE):
+@pytest.fixture(name="mocked_cifar100")
+def mocked_cifar100_fixture():
+    with mocked_cifar100():
         yield
 
 
 @pytest.fixture
-def finished_run(tmp_path, mocked_cifar100):
-    workdir = str(tmp_path / "run")
-    config = tiny_run_config()
-    state = train.train_and_evaluate(config, workdir)
-    return config, workdir, state
+def finished_run(tmp_path, mocked_run, mocked_cifar100):
+    """A copy of the session's tiny mocked run, for tests that resume or damage it."""
+    return copy_of_run(mocked_run, str(tmp_path / "run"))
 
 
 def test_injected_nan_stops_training_and_keeps_the_last_good_checkpoint(

@@ -9,36 +9,21 @@ import jax
 import numpy as np
 import pytest
 import tensorflow as tf
-import tensorflow_datasets as tfds
 
 from prs_jax.training import checkpointing, metrics, train
-from tests.test_configs import load
-
-NUM_MOCK = 64  # examples per split
-STEPS_PER_EPOCH = 4  # 64 examples / batch 16
-TOTAL_STEPS = 8
+from tests.support import mocked_run as mocked
+from tests.support.mocked_run import NUM_MOCK, TOTAL_STEPS
 
 
 @pytest.fixture(autouse=True)
 def mocked_cifar100():
-    with tfds.testing.mock_data(num_examples=NUM_MOCK, policy=tfds.testing.MockPolicy.USE_CODE):
+    with mocked.mocked_cifar100():
         yield
 
 
-def tiny_run_config():
-    """The runlocal PRS config shrunk further: 2 epochs of 4 steps; switches at steps 4 and 2."""
-    config = load("cifar100")("prs,runlocal")
-    config.model.update(hidden_size=16, depth=3, num_gpsa_layers=2)
-    config.batch_size = 16
-    config.eval_batch_size = 24  # 64 = 2 x 24 + 16: the last eval batch is padded
-    config.num_epochs = 2.0
-    config.schedule.update(first_layer_switch_epoch=1.0, last_layer_switch_epoch=0.5)
-    config.log_every_steps = 2
-    config.eval_every_epochs = 1.0
-    config.fourier_every_epochs = 1.0
-    config.checkpoint_every_steps = 3
-    config.keep_checkpoints = 2
-    return config
+@pytest.fixture
+def finished_run(mocked_run):
+    return mocked_run
 
 
 def read_event_tags(workdir):
@@ -49,15 +34,6 @@ def read_event_tags(workdir):
                 for value in event.summary.value:
                     tags.setdefault(value.tag, []).append(event.step)
     return tags
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("run"))
-    config = tiny_run_config()
-    with tfds.testing.mock_data(num_examples=NUM_MOCK, policy=tfds.testing.MockPolicy.USE_CODE):
-        state = train.train_and_evaluate(config, workdir)
-    return config, workdir, state
 
 
 def test_run_reaches_its_last_step(finished_run):
