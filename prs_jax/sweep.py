@@ -13,7 +13,8 @@ ROOT/NAME; flags after `--` are added to every command.
 
 Modes: run (default) executes the commands in order as subprocesses from the repository root,
 goes on after a failure, writes ROOT/report.{md,csv,png} at the end (prs_jax.report), and exits
-non-zero if a run failed; a rerun resumes each run from its workdir. `--dry_run` prints the
+non-zero if a run failed; a rerun resumes each run from its workdir and skips the runs that
+finished with the same config (their WORKDIR/finished.json). `--dry_run` prints the
 commands, one per line; `--template` prints each formatted with {command}, {name}, {workdir},
 {index} (e.g. wrapped in an ssh or a launch script). `--shard I/N` keeps runs I, I+N, I+2N, ...
 so N machines can each run a share of the grid.
@@ -120,13 +121,34 @@ def select_shard(runs: Sequence[Run], shard: str | None) -> list[Run]:
     return list(runs)[index::count]
 
 
+def finished_runs(runs: Sequence[Run], root: str, extra_args: Sequence[str] = ()) -> dict[str, int]:
+    """{name: final step} of the runs whose workdir records that they finished with the config
+    this sweep would give them. None when flags after `--` may change a config (`--config...`)."""
+    if any(arg.startswith("--config") for arg in extra_args):
+        return {}
+    from prs_jax.training import completion  # pylint: disable=import-outside-toplevel
+
+    done = {}
+    for run in runs:
+        config = load_config(run.config, run.overrides).to_dict()
+        step = completion.finished_step(f"{root.rstrip('/')}/{run.name}", config)
+        if step is not None:
+            done[run.name] = step
+    return done
+
+
 def run_all(
     commands: Sequence[tuple[str, list[str]]],
     runner: Callable[..., subprocess.CompletedProcess] = subprocess.run,
+    finished: Mapping[str, int] | None = None,
 ) -> list[str]:
-    """Run (name, argv) pairs in order from the repository root; the names of those that failed."""
+    """Run (name, argv) pairs in order from the repository root, except those in `finished`
+    ({name: final step}); the names of those that failed."""
     failed = []
     for index, (name, argv) in enumerate(commands):
+        if finished and name in finished:
+            print(f"[{index + 1}/{len(commands)}] {name}: finished at step {finished[name]}")
+            continue
         print(f"[{index + 1}/{len(commands)}] {name}: {shlex.join(argv)}", flush=True)
         start = time.time()
         returncode = runner(argv, cwd=REPO_ROOT, check=False).returncode
@@ -188,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(line)
         return 0
 
-    failed = run_all(commands)
+    failed = run_all(commands, finished=finished_runs(runs, root, extra_args))
     from prs_jax.analysis import report  # pylint: disable=import-outside-toplevel
 
     workdirs = [f"{root}/{r.name}" for r in runs if os.path.exists(f"{root}/{r.name}/config.json")]

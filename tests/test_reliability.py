@@ -11,8 +11,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from prs_jax import sweep
 from prs_jax.cpu import cpu_devices
-from prs_jax.training import train, validation
+from prs_jax.training import completion, train, validation
 from tests.support.mocked_run import TOTAL_STEPS, copy_of_run, mocked_cifar100, tiny_run_config
 from tests.test_configs import load
 
@@ -69,6 +70,7 @@ def uninterrupted_digits(tmp_path_factory):
     return workdir
 
 
+@pytest.mark.xdist_group("digits_run")  # one worker trains the shared run
 def test_main_trains_on_one_cpu_device_per_core(uninterrupted_digits):
     """prs_jax.main on a CPU host with no device count of its own: one device per usable core
     (at most as many as split the digits batches of 64 and 128 evenly)."""
@@ -77,6 +79,7 @@ def test_main_trains_on_one_cpu_device_per_core(uninterrupted_digits):
     assert f"devices [{devices}]" in (uninterrupted_digits / "stderr.txt").read_text()
 
 
+@pytest.mark.xdist_group("digits_run")  # one worker trains the shared run
 @pytest.mark.slow  # a long end-to-end run; -m 'not slow' skips it
 @pytest.mark.parametrize(
     "how", [["--at_step=37"], ["--during_save=30"]], ids=["mid-step", "mid-save"]
@@ -97,11 +100,25 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, uninterrupted_digits, ho
     assert_same_state(final, saved_state(uninterrupted_digits, DIGITS_TOTAL_STEPS))
 
 
+@pytest.mark.xdist_group("digits_run")  # one worker trains the shared run
+def test_the_sweeps_config_of_a_run_is_the_one_main_records_when_it_finishes(
+    uninterrupted_digits,
+):
+    """prs_jax.sweep skips a run by comparing the config it builds (config file, then override
+    values) with the one prs_jax.main parsed from its flags and recorded at the end."""
+    config_arg = DIGITS_ARGS[1].split("/configs/")[1]  # 'digits.py:epochs=4'
+    overrides = dict(arg[len("--config.") :].split("=") for arg in DIGITS_ARGS[2:])
+    overrides = {key: int(value) for key, value in overrides.items()}
+    config = sweep.load_config(f"configs/{config_arg}", overrides).to_dict()
+    assert completion.finished_step(str(uninterrupted_digits), config) == DIGITS_TOTAL_STEPS
+
+
 def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path):
     stopped = run_main(
         tmp_path, "--signal=TERM", "--at_step=23", module="tests.support.interrupting_main"
     )
     assert stopped.returncode == 0, stopped.stderr[-3000:]
+    assert not (tmp_path / completion.FINISHED_FILE).exists()  # a sweep will resume it
     assert saved_steps(tmp_path)[-1] == 23  # not a multiple of checkpoint_every_steps
     state = saved_state(tmp_path, 23)
     assert int(state["step"]) == 23
@@ -143,10 +160,12 @@ def test_injected_nan_stops_training_and_keeps_the_last_good_checkpoint(
         train.train_and_evaluate(tiny_run_config(), workdir)
     # Checkpoints at 2 and 4 (layer switches) and 3 (every 3 steps); none from step 5 on.
     assert saved_steps(workdir) == [2, 3, 4]
+    assert not (pathlib.Path(workdir) / completion.FINISHED_FILE).exists()
     good = saved_state(workdir, 4)
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(good["params"]))
 
 
+@pytest.mark.xdist_group("mocked_run")  # one worker trains the shared run
 def test_corrupted_latest_checkpoint_falls_back_to_the_previous_one(finished_run, caplog):
     config, workdir, uninterrupted = finished_run
     assert saved_steps(workdir)[-2:] == [6, 8]
@@ -164,6 +183,7 @@ def test_corrupted_latest_checkpoint_falls_back_to_the_previous_one(finished_run
     assert_same_state(jax.device_get(resumed.params), jax.device_get(uninterrupted.params))
 
 
+@pytest.mark.xdist_group("mocked_run")  # one worker trains the shared run
 def test_resume_with_an_incompatible_config_is_refused_with_the_differences(finished_run):
     config, workdir, _ = finished_run
     before = (pathlib.Path(workdir) / "config.json").read_text()
@@ -177,6 +197,7 @@ def test_resume_with_an_incompatible_config_is_refused_with_the_differences(fini
     assert (pathlib.Path(workdir) / "config.json").read_text() == before  # nothing overwritten
 
 
+@pytest.mark.xdist_group("mocked_run")  # one worker trains the shared run
 def test_resume_with_more_epochs_is_allowed_and_logged(finished_run, caplog):
     config, workdir, _ = finished_run
     longer = config.copy_and_resolve_references()
@@ -259,6 +280,7 @@ def test_unwritable_workdir_is_rejected(tmp_path):
         validation.check_workdir(str(blocker / "run"))
 
 
+@pytest.mark.xdist_group("mocked_run")  # one worker trains the shared run
 def test_bad_config_fails_before_touching_an_existing_run(finished_run):
     config, workdir, _ = finished_run
     files = {p: p.stat().st_mtime_ns for p in pathlib.Path(workdir).rglob("*") if p.is_file()}
@@ -278,6 +300,7 @@ def test_unknown_dataset_is_rejected_before_compiling(tmp_path):
         train.train_and_evaluate(config, str(tmp_path))
 
 
+@pytest.mark.xdist_group("digits_run")  # one worker trains the shared run
 def test_a_runs_default_log_has_our_lines_and_clus_progress_but_no_library_chatter(
     uninterrupted_digits,
 ):

@@ -12,7 +12,7 @@ import pytest
 
 from prs_jax import report, sweep
 from prs_jax.analysis import report as report_lib
-from prs_jax.training import config_lib, validation
+from prs_jax.training import completion, config_lib, validation
 
 # --- sweep files --------------------------------------------------------------------------------
 
@@ -144,6 +144,41 @@ def test_run_mode_runs_in_order_and_goes_on_after_a_failure(capsys):
     assert [c[4] for c in calls] == ["--workdir=/r/a", "--workdir=/r/b", "--workdir=/r/c"]
     assert calls[2][-1] == "--config.num_epochs=2.0"
     assert "b: FAILED (exit 1)" in capsys.readouterr().out
+
+
+def test_a_rerun_skips_the_runs_that_finished_with_the_same_config(tmp_path, capsys):
+    runs = [
+        sweep.Run("done", "configs/digits.py"),
+        sweep.Run("changed", "configs/digits.py", {"num_epochs": 2.0}),
+        sweep.Run("new", "configs/digits.py"),
+    ]
+    digits = sweep.load_config("configs/digits.py").to_dict()
+    for run in runs:
+        (tmp_path / run.name).mkdir()
+    completion.mark_finished(str(tmp_path / "done"), 660, digits)
+    completion.mark_finished(str(tmp_path / "changed"), 660, digits)  # with 30 epochs, not 2
+    finished = sweep.finished_runs(runs, str(tmp_path))
+    assert finished == {"done": 660}
+    # Flags after `--` that may change every config: nothing counts as finished.
+    assert sweep.finished_runs(runs, str(tmp_path), ["--config.seed=1"]) == {}
+    assert sweep.finished_runs(runs, str(tmp_path), ["--library_log_level=info"]) == finished
+
+    calls = []
+
+    def fake_run(argv, cwd, check):
+        calls.append(argv)
+        return types.SimpleNamespace(returncode=0)
+
+    commands = [(r.name, sweep.command(r, str(tmp_path))) for r in runs]
+    assert sweep.run_all(commands, runner=fake_run, finished=finished) == []
+    assert [c[4].rsplit("/", 1)[-1] for c in calls] == ["changed", "new"]
+    assert "[1/3] done: finished at step 660" in capsys.readouterr().out
+
+
+def test_an_unreadable_completion_record_is_not_finished(tmp_path):
+    (tmp_path / completion.FINISHED_FILE).write_text("{")
+    assert completion.finished_step(str(tmp_path), {"a": 1}) is None
+    assert completion.finished_step(str(tmp_path / "absent"), {"a": 1}) is None
 
 
 def test_cli_entry_point_prints_commands():

@@ -10,9 +10,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from prs_jax.training import checkpointing, metrics, train
+from prs_jax.training import checkpointing, completion, metrics, train
 from tests.support import mocked_run as mocked
 from tests.support.mocked_run import NUM_MOCK, TOTAL_STEPS
+
+# With pytest-xdist, the tests that read the session's mocked run share one worker, so that it
+# is trained once (setup.cfg: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("mocked_run")
 
 
 @pytest.fixture(autouse=True)
@@ -51,6 +55,14 @@ def test_checkpoints_keep_latest_and_every_layer_switch(finished_run):
     # The input iterator's position (in batches) is saved with the state.
     with open(os.path.join(workdir, "checkpoints", "8", "data", "process_0-of-1.json")) as f:
         assert json.load(f)["next_index"] == TOTAL_STEPS
+
+
+def test_a_finished_run_records_its_last_step_and_config(finished_run):
+    config, workdir, _ = finished_run
+    assert completion.finished_step(workdir, config.to_dict()) == TOTAL_STEPS
+    longer = config.copy_and_resolve_references()
+    longer.num_epochs = 3.0
+    assert completion.finished_step(workdir, longer.to_dict()) is None
 
 
 def test_config_json_is_the_resolved_config(finished_run):

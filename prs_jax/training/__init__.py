@@ -7,5 +7,6 @@ checkpoints and metrics. Each module imports only those above it:
   steps.py          the train and eval steps, jitted over the mesh (`build_run_functions`)
   checkpointing.py  orbax checkpoints of the state, the data iterator and the config
   metrics.py        clu writers (TensorBoard, metrics.jsonl) and reading them back
+  completion.py     finished.json: the step and config a run finished with
   train.py          train_and_evaluate(config, workdir): the loop, top to bottom
 """

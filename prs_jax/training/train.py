@@ -26,7 +26,7 @@ from jax.sharding import PartitionSpec as P
 from prs_jax import data
 from prs_jax.analysis import spectra
 from prs_jax.method import schedule
-from prs_jax.training import checkpointing, metrics, validation
+from prs_jax.training import checkpointing, completion, metrics, validation
 from prs_jax.training.state import TrainState, create_mesh, create_model, init_from_weights
 from prs_jax.training.steps import build_run_functions, evaluate, summarise, to_global
 
@@ -221,6 +221,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         manager.close()
         writer.flush()
         preemption.restore()
+    if is_chief and step == steps.total_steps:
+        completion.mark_finished(workdir, step, config.to_dict())
     return state
 
 
