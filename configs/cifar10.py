@@ -36,8 +36,10 @@ run; 0, the default, is a hard switch), `folder_root=DIR` (default ~/.cache/prs_
 Models: ConViT width 128, depth 6, 4 heads (head dim 32), the first 4 blocks GPSA, patch 4 on
 32 px (an 8 x 8 grid): 1.2M parameters; DeiT twin 1.2M; ResNet-18 at width 24 1.6M.
 
-Hardware: a 2-core AMD EPYC CPU (JAX 0.10.2, float32, one device per core). Time and measured
-top-1 per run: README, "Results on real data".
+Hardware: a 2-core AMD EPYC CPU (JAX 0.10.2, float32, one device per core): 7-9.5 minutes per
+ViT run, 8.5-11.5 for the ResNet. Expected top-1 on the validation split at fraction=0.1 (mean
+of 2 seeds): resnet 38.0%, prs 31.9%, uniform 31.7%, convit 31.4%, deit 29.6%, each within
+about 0.4 points between seeds (1.5 for the ResNet). Every run: README, "Results on real data".
 """
 
 import ml_collections
