@@ -123,7 +123,7 @@ def select_shard(runs: Sequence[Run], shard: str | None) -> list[Run]:
 
 def finished_runs(runs: Sequence[Run], root: str, extra_args: Sequence[str] = ()) -> dict[str, int]:
     """{name: final step} of the runs whose workdir records that they finished with the config
-    this sweep would give them. None when flags after `--` may change a config (`--config...`)."""
+    this sweep would give them; empty when flags after `--` may change a config (`--config...`)."""
     if any(arg.startswith("--config") for arg in extra_args):
         return {}
     from prs_jax.training import completion  # pylint: disable=import-outside-toplevel

@@ -14,6 +14,7 @@ from prs_jax.models import create_model
 from prs_jax.models.gpsa import GatedPositionalSelfAttention
 from prs_jax.models.reference import ReferenceGPSA, reference_of
 from prs_jax.models.vit import gelu
+from tests.support.jitted import jit_apply, jit_init
 
 IMAGES = jax.random.normal(jax.random.key(0), (4, 16, 16, 3))
 
@@ -27,7 +28,8 @@ def tiny(name, **overrides):
 
 def random_params(model, seed=1):
     """Initial parameters plus noise, so that identity inits and zero biases hide nothing."""
-    params = model.init(jax.random.key(seed), IMAGES, jnp.ones(model.num_gpsa_layers))["params"]
+    strength = jnp.ones(model.num_gpsa_layers)
+    params = jit_init(model)(jax.random.key(seed), IMAGES, strength)["params"]
     leaves, tree = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
     noisy = [leaf + 0.05 * jax.random.normal(k, leaf.shape) for leaf, k in zip(leaves, keys)]
@@ -82,8 +84,8 @@ def test_deit_with_qkv_bias_equals_the_straightforward_model(train):
 
 def test_both_models_have_the_same_parameter_tree_and_initial_values():
     model = tiny("convit_tiny")
-    fast = model.init(jax.random.key(3), IMAGES, jnp.ones(2))
-    ref = reference_of(model).init(jax.random.key(3), IMAGES, jnp.ones(2))
+    fast = jit_init(model)(jax.random.key(3), IMAGES, jnp.ones(2))
+    ref = jit_init(reference_of(model))(jax.random.key(3), IMAGES, jnp.ones(2))
     assert jax.tree.structure(fast) == jax.tree.structure(ref)
     jax.tree.map(np.testing.assert_array_equal, fast, ref)
 
@@ -94,7 +96,8 @@ def test_skipped_content_path_gives_exactly_zero_qk_gradient_at_conv_strength_on
     params = random_params_of(layer, x)
 
     def grads(module, s):
-        return jax.grad(lambda p: jnp.sum(jnp.sin(module.apply({"params": p}, x, s))))(params)
+        grad = jax.grad(lambda p: jnp.sum(jnp.sin(module.apply({"params": p}, x, s))))
+        return jax.jit(grad)(params)
 
     fast, ref = grads(layer, jnp.float32(1.0)), grads(reference, jnp.float32(1.0))
     np.testing.assert_array_equal(fast["qk"]["kernel"], 0.0)
@@ -111,8 +114,8 @@ def test_bfloat16_compute_stays_close_to_float32():
     model = tiny("convit_tiny", drop_path_rate=0.0)
     params = random_params(model)
     s = jnp.asarray([1.0, 0.0])
-    f32 = model.apply({"params": params}, IMAGES, s)
-    bf16 = model.clone(dtype=jnp.bfloat16).apply({"params": params}, IMAGES, s)
+    f32 = jit_apply(model)({"params": params}, IMAGES, s)
+    bf16 = jit_apply(model.clone(dtype=jnp.bfloat16))({"params": params}, IMAGES, s)
     assert bf16.dtype == jnp.float32
     np.testing.assert_allclose(bf16, f32, atol=0.05 * float(jnp.abs(f32).max()))
 

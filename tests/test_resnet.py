@@ -1,5 +1,7 @@
 """ResNet baselines: parameter counts against torchvision, shapes, feature maps, BatchNorm."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +9,7 @@ import pytest
 
 from prs_jax.models import apply_with_feature_maps, count_params, create_model
 from prs_jax.models.resnet import ResNet, resnet18, resnet50
+from tests.support.jitted import jit_apply, jit_init
 
 # torchvision: sum(p.numel() for p in resnetXX(num_classes=1000).parameters()).
 TORCHVISION_RESNET18 = 11_689_512
@@ -39,7 +42,7 @@ def small_resnet18():
     """A narrow ResNet-18 (width 8) at 16 px with its initial variables: (model, images, variables)."""
     model = resnet18(10, width=8)
     images = random_images(8, 16)
-    return model, images, model.init(jax.random.key(0), images)
+    return model, images, jit_init(model)(jax.random.key(0), images)
 
 
 @pytest.mark.parametrize(
@@ -141,7 +144,9 @@ def test_feature_map_kinds_need_no_binding_or_init():
 
 def test_last_feature_map_is_what_the_head_reads(small_resnet18):
     model, images, variables = small_resnet18
-    logits, feature_maps = apply_with_feature_maps(model, variables, images)
+    logits, feature_maps = jax.jit(functools.partial(apply_with_feature_maps, model))(
+        variables, images
+    )
     pooled = jnp.mean(feature_maps[-1], axis=(1, 2))
     head = variables["params"]["fc"]
     np.testing.assert_allclose(logits, pooled @ head["kernel"] + head["bias"], rtol=1e-5, atol=1e-5)
@@ -149,7 +154,7 @@ def test_last_feature_map_is_what_the_head_reads(small_resnet18):
 
 def test_train_mode_updates_every_batch_stat(small_resnet18):
     model, images, variables = small_resnet18
-    _, new_state = model.apply(variables, images, train=True, mutable=["batch_stats"])
+    _, new_state = jit_apply(model)(variables, images, train=True, mutable=("batch_stats",))
     old = jax.tree.leaves(variables["batch_stats"])
     new = jax.tree.leaves(new_state["batch_stats"])
     assert len(new) == len(old) == 2 * 20
@@ -159,15 +164,16 @@ def test_train_mode_updates_every_batch_stat(small_resnet18):
 def test_eval_mode_is_independent_of_other_images_in_the_batch(small_resnet18):
     model, images, variables = small_resnet18
     # Make the running statistics non-trivial first, as after some training.
-    _, state = model.apply(variables, images * 2.0 + 1.0, train=True, mutable=["batch_stats"])
+    apply = jit_apply(model)
+    _, state = apply(variables, images * 2.0 + 1.0, train=True, mutable=("batch_stats",))
     variables = {**variables, **state}
 
-    alone = model.apply(variables, images[:1], train=False)
-    in_batch = model.apply(variables, images, train=False)
+    alone = apply(variables, images[:1], train=False)
+    in_batch = apply(variables, images, train=False)
     np.testing.assert_allclose(alone[0], in_batch[0], rtol=1e-5, atol=1e-5)
     # Train mode normalises by batch statistics, so there the same image's logits do move.
-    alone_train, _ = model.apply(variables, images[:2], train=True, mutable=["batch_stats"])
-    batch_train, _ = model.apply(variables, images, train=True, mutable=["batch_stats"])
+    alone_train, _ = apply(variables, images[:2], train=True, mutable=("batch_stats",))
+    batch_train, _ = apply(variables, images, train=True, mutable=("batch_stats",))
     assert float(jnp.max(jnp.abs(alone_train[0] - batch_train[0]))) > 1e-3
 
 

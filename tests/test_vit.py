@@ -1,5 +1,6 @@
 """The ViT family: parameter counts against timm, shapes, feature maps, and the GPSA layout."""
 
+import functools
 import math
 
 import jax
@@ -9,6 +10,7 @@ import pytest
 
 from prs_jax.models import apply_with_feature_maps, count_params, create_model
 from prs_jax.models.vit import VIT_VARIANTS
+from tests.support.jitted import jit_apply, jit_init
 
 # Measured with timm 1.0.31 (sum of p.numel() over model.parameters()).
 TIMM_PARAM_COUNTS = [
@@ -116,8 +118,10 @@ def small_vit(**overrides):
 def test_feature_maps_are_embedding_then_attention_and_mlp_per_block():
     model = small_vit()
     images = jax.random.normal(jax.random.key(0), (3, 32, 32, 3))
-    variables = model.init(jax.random.key(1), images, jnp.ones((2,)))
-    logits, maps = apply_with_feature_maps(model, variables, images, jnp.ones((2,)))
+    variables = jit_init(model)(jax.random.key(1), images, jnp.ones((2,)))
+    logits, maps = jax.jit(functools.partial(apply_with_feature_maps, model))(
+        variables, images, jnp.ones((2,))
+    )
     kinds = model.feature_map_kinds()
     assert len(maps) == len(kinds) == 1 + 2 * 4
     assert kinds[:3] == ("embedding", "attention", "mlp")
@@ -153,16 +157,13 @@ def test_stochastic_depth_and_dropout_only_in_training():
     model = small_vit(drop_path_rate=0.5, dropout_rate=0.1)
     images = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
     strength = jnp.full((2,), 0.5)
-    variables = model.init(jax.random.key(1), images, strength)
-    eval_a = model.apply(variables, images, strength, train=False)
-    eval_b = model.apply(variables, images, strength, train=False)
+    variables = jit_init(model)(jax.random.key(1), images, strength)
+    apply = jit_apply(model)
+    eval_a = apply(variables, images, strength, train=False)
+    eval_b = apply(variables, images, strength, train=False)
     np.testing.assert_array_equal(eval_a, eval_b)
-    train_a = model.apply(
-        variables, images, strength, train=True, rngs={"dropout": jax.random.key(2)}
-    )
-    train_b = model.apply(
-        variables, images, strength, train=True, rngs={"dropout": jax.random.key(3)}
-    )
+    train_a = apply(variables, images, strength, train=True, rngs={"dropout": jax.random.key(2)})
+    train_b = apply(variables, images, strength, train=True, rngs={"dropout": jax.random.key(3)})
     assert jnp.abs(train_a - eval_a).max() > 1e-4
     assert jnp.abs(train_a - train_b).max() > 1e-4
 
@@ -170,7 +171,7 @@ def test_stochastic_depth_and_dropout_only_in_training():
 def test_conv_strength_is_traced_so_one_compilation_serves_all_values():
     model = small_vit()
     images = jnp.ones((1, 32, 32, 3))
-    variables = model.init(jax.random.key(1), images, jnp.ones((2,)))
+    variables = jit_init(model)(jax.random.key(1), images, jnp.ones((2,)))
     traces = []
 
     @jax.jit
@@ -187,9 +188,10 @@ def test_class_token_reads_the_image_through_self_attention():
     """Changing a patch changes the logits (the class token is joined before an MHSA block)."""
     model = small_vit()
     images = jax.random.normal(jax.random.key(0), (1, 32, 32, 3))
-    variables = model.init(jax.random.key(1), images, jnp.ones((2,)))
-    base = model.apply(variables, images, jnp.ones((2,)))
-    changed = model.apply(variables, images.at[:, :4, :4].add(1.0), jnp.ones((2,)))
+    variables = jit_init(model)(jax.random.key(1), images, jnp.ones((2,)))
+    apply = jit_apply(model)
+    base = apply(variables, images, jnp.ones((2,)))
+    changed = apply(variables, images.at[:, :4, :4].add(1.0), jnp.ones((2,)))
     assert jnp.abs(base - changed).max() > 1e-5
     assert math.isfinite(float(base.sum()))
 
