@@ -307,3 +307,27 @@ def test_report_summary_gives_the_mean_and_spread_over_seeds(tmp_path):
     assert lines[0] == "| model | 10% data | 100% data |"
     assert "| convit_tiny/prs | 42.00 +- 2.83 (2 seeds) |  |" in lines
     assert "| deit_tiny | 30.00 | 50.00 |" in lines
+
+
+def test_report_summary_averages_only_runs_that_differ_in_their_seed_alone(tmp_path):
+    """An ablation's variants (another budget, another switch point) share a model, schedule and
+    fraction with the baseline; they get rows of their own instead of passing for its seeds."""
+    root = str(tmp_path)
+    for seed, accuracy in ((0, 0.40), (1, 0.44)):
+        fabricate_run(root, f"prs_seed{seed}", "prs", 0.1, {100: accuracy}, {"seed": seed})
+    fabricate_run(root, "prs_long_seed0", "prs", 0.1, {300: 0.50}, {"num_epochs": 900.0})
+    switch = {"schedule.first_layer_switch_epoch": 200.0}
+    fabricate_run(root, "prs_late_seed0", "prs", 0.1, {100: 0.46}, switch)
+    rows = [report_lib.read_run(w) for w in report_lib.find_workdirs([root])]
+    assert report_lib.labels(rows) == {
+        "prs_seed0": "convit_tiny/prs [prs]",
+        "prs_seed1": "convit_tiny/prs [prs]",
+        "prs_long_seed0": "convit_tiny/prs [prs_long]",
+        "prs_late_seed0": "convit_tiny/prs [prs_late]",
+    }
+    lines = report_lib.summary_table(rows).splitlines()
+    assert "| convit_tiny/prs [prs] | 42.00 +- 2.83 (2 seeds) |" in lines
+    assert "| convit_tiny/prs [prs_long] | 50.00 |" in lines
+    assert "| convit_tiny/prs [prs_late] | 46.00 |" in lines
+    paths = report_lib.write_report([root], str(tmp_path / "report"))
+    assert os.path.getsize(paths[2]) > 10_000

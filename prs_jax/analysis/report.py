@@ -92,6 +92,8 @@ def read_run(workdir: str) -> dict[str, Any]:
         # clu's ReportProgress logs the process's uptime with its steps/s: the run's wall time
         # (of its last process, for a resumed run).
         "wall_time_s": max((r["uptime"] for r in records if "uptime" in r), default=None),
+        # Runs with equal variants differ only in their seed: the summary averages those alone.
+        "variant": json.dumps({k: v for k, v in config.items() if k != "seed"}, sort_keys=True),
     }
     if evals:
         best_step, best = max(evals, key=lambda e: (e[1], -e[0]))  # earliest of equal bests
@@ -130,6 +132,28 @@ def series(row: dict[str, Any]) -> str:
     if row["schedule"] == "uniform":
         return f"{row['model']}/uniform@{row['conv_epochs']:g}"
     return f"{row['model']}/{row['schedule']}"
+
+
+def _seedless_name(run: str) -> str:
+    head, _, tail = run.rpartition("_seed")
+    return head if head and tail.isdigit() else run
+
+
+def labels(rows: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """{run: its line in the summary and the plot}: its series, unless runs of that series at
+    its train fraction differ in more than their seed (a budget, a switch point, an optimizer
+    option); then each such variant is told apart by the name of its first run, seed removed.
+    So only runs that differ in their seed alone are ever averaged."""
+    cells: dict[tuple[str, float], dict[str, list[str]]] = {}
+    for r in rows:
+        variants = cells.setdefault((series(r), r["train_fraction"]), {})
+        variants.setdefault(r["variant"], []).append(r["run"])
+    names = {}
+    for (name, _), variants in cells.items():
+        for runs in variants.values():
+            label = name if len(variants) == 1 else f"{name} [{_seedless_name(min(runs))}]"
+            names.update(dict.fromkeys(runs, label))
+    return names
 
 
 def _mean_by_x(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -187,8 +211,9 @@ def summary_table(rows: Sequence[dict[str, Any]]) -> str:
     """Final top-1 % per model (rows) and data % (columns) over seeds: mean, and with 2 or more
     seeds +- the sample standard deviation and the number of seeds."""
     done = [r for r in rows if r["final_accuracy"] is not None]
+    label = labels(done)
     fractions = sorted({r["train_fraction"] for r in done})
-    names = sorted({series(r) for r in done})
+    names = sorted(set(label.values()))
     lines = [
         "| model | " + " | ".join(f"{100 * f:g}% data" for f in fractions) + " |",
         "|" + "---|" * (len(fractions) + 1),
@@ -199,7 +224,7 @@ def summary_table(rows: Sequence[dict[str, Any]]) -> str:
             values = [
                 100 * r["final_accuracy"]
                 for r in done
-                if series(r) == name and r["train_fraction"] == fraction
+                if label[r["run"]] == name and r["train_fraction"] == fraction
             ]
             if not values:
                 cells.append("")
@@ -225,7 +250,7 @@ def write_csv(rows: Sequence[dict[str, Any]], path: str) -> None:
 def plot(rows: Sequence[dict[str, Any]], path: str) -> None:
     """Best top-1 against data fraction (per model) and against conv epochs (switch sweeps).
 
-    Runs that differ only in their seed are averaged. The conv-epochs panel shows each (model,
+    Runs that differ only in their seed are averaged (`labels`). The conv-epochs panel shows each (model,
     data fraction) with uniform switches at two or more epochs, and its PRS runs as stars.
     """
     import matplotlib  # pylint: disable=import-outside-toplevel
@@ -234,11 +259,14 @@ def plot(rows: Sequence[dict[str, Any]], path: str) -> None:
     import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
     done = [r for r in rows if r["best_accuracy"] is not None]
+    label = labels(done)
     fig, (by_ratio, by_conv) = plt.subplots(1, 2, figsize=(12, 4.5))
 
-    for name in sorted({series(r) for r in done}):
+    for name in sorted(set(label.values())):
         points = [
-            (100 * r["train_fraction"], 100 * r["best_accuracy"]) for r in done if series(r) == name
+            (100 * r["train_fraction"], 100 * r["best_accuracy"])
+            for r in done
+            if label[r["run"]] == name
         ]
         by_ratio.plot(*zip(*_mean_by_x(points)), marker="o", label=name)
     fractions = sorted({100 * r["train_fraction"] for r in done})
@@ -251,17 +279,17 @@ def plot(rows: Sequence[dict[str, Any]], path: str) -> None:
         xlabel="training data (%)", ylabel="best top-1 (%)", title="Accuracy vs data scale"
     )
 
-    groups = {}
+    groups = {}  # runs of one model, data fraction and budget: one uniform-switch sweep
     for r in done:
         if r["conv_epochs"] is not None:
-            groups.setdefault((r["model"], r["train_fraction"]), []).append(r)
+            groups.setdefault((r["model"], r["train_fraction"], r["num_epochs"]), []).append(r)
     sweeps = {
         key: runs
         for key, runs in groups.items()
         if len({r["conv_epochs"] for r in runs if r["schedule"] in UNIFORM_FAMILY}) > 1
     }
-    for (model, fraction), runs in sorted(sweeps.items()):
-        tag = f"{model}, {100 * fraction:g}% data"
+    for (model, fraction, epochs), runs in sorted(sweeps.items()):
+        tag = f"{model}, {100 * fraction:g}% data, {epochs:.3g} epochs"
         uniform = [
             (r["conv_epochs"], 100 * r["best_accuracy"])
             for r in runs
@@ -270,9 +298,12 @@ def plot(rows: Sequence[dict[str, Any]], path: str) -> None:
         (line,) = by_conv.plot(
             *zip(*_mean_by_x(uniform)), marker="o", label=f"uniform switch ({tag})"
         )
-        for kind in sorted({r["schedule"] for r in runs} - set(UNIFORM_FAMILY)):
+        others = sorted({label[r["run"]] for r in runs if r["schedule"] not in UNIFORM_FAMILY})
+        for kind in others:
             points = [
-                (r["conv_epochs"], 100 * r["best_accuracy"]) for r in runs if r["schedule"] == kind
+                (r["conv_epochs"], 100 * r["best_accuracy"])
+                for r in runs
+                if label[r["run"]] == kind
             ]
             by_conv.plot(
                 *zip(*_mean_by_x(points)),
@@ -281,7 +312,7 @@ def plot(rows: Sequence[dict[str, Any]], path: str) -> None:
                 linestyle="",
                 color=line.get_color(),
                 markeredgecolor="black",
-                label=f"{kind} ({tag})",
+                label=f"{kind} ({100 * fraction:g}% data)",
             )
     if not sweeps:
         by_conv.text(
