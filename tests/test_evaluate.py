@@ -16,7 +16,9 @@ from tests.test_folders import CLASSES, write_images
 TRAIN_PER_CLASS, TEST_PER_CLASS = 10, 4
 
 
-@pytest.fixture(scope="module")
+# Session scope: a module fixture is torn down whenever xdist runs another module's test
+# in between, and then trained again; the group keeps its tests on one worker.
+@pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
     """A 4-step tiny ConViT on folders whose eval split is a held-out 20% of train; a second
     root holds a separate test split of the same classes."""
@@ -38,6 +40,7 @@ def trained_run(tmp_path_factory):
     return workdir, str(other)
 
 
+@pytest.mark.xdist_group("evaluate_run")
 def test_evaluation_of_the_last_checkpoint_matches_the_runs_final_eval(trained_run):
     workdir, _ = trained_run
     final = [r for r in metrics.read_metrics(workdir) if "eval/accuracy" in r][-1]
@@ -52,6 +55,7 @@ def test_evaluation_of_the_last_checkpoint_matches_the_runs_final_eval(trained_r
     assert results["top5_accuracy"] == 1.0
 
 
+@pytest.mark.xdist_group("evaluate_run")
 def test_data_overrides_evaluate_another_split_of_another_root(trained_run):
     workdir, other = trained_run
     results = evaluate.evaluate_checkpoint(
@@ -68,6 +72,7 @@ def test_data_overrides_evaluate_another_split_of_another_root(trained_run):
     assert 0.0 <= results["top1_accuracy"] <= 1.0
 
 
+@pytest.mark.xdist_group("evaluate_run")
 def test_only_data_fields_and_the_eval_batch_size_may_change(trained_run):
     workdir, _ = trained_run
     with pytest.raises(ValueError, match=r"--config.model.depth: only the data fields"):
@@ -86,6 +91,7 @@ def test_results_file_name_is_safe_for_tfds_split_slices(tmp_path):
     assert path == os.path.join(str(tmp_path), "eval", "step_7", "train_10_.json")
 
 
+@pytest.mark.xdist_group("evaluate_run")
 def test_command_line_prints_and_writes_the_metrics(trained_run, tmp_path):
     workdir, other = trained_run
     output = tmp_path / "test.json"

@@ -333,7 +333,9 @@ def test_run_label_names_the_model_and_its_schedule(config_name, arg, label):
 NUM_BLOCKS = 5  # embedding + 2 x (attention, mlp)
 
 
-@pytest.fixture(scope="module")
+# Session scope: a module fixture is torn down whenever xdist runs another module's test
+# in between, and then trained again; the group keeps its tests on one worker.
+@pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A 2-block PRS-ViT trained for 6 steps on the digits (8 x 8 token grid)."""
     workdir = str(tmp_path_factory.mktemp("digits_run"))
@@ -350,6 +352,7 @@ def assert_png(path):
     assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
 
 
+@pytest.mark.xdist_group("fourier_run")
 def test_command_line_writes_npz_and_plots_from_a_checkpoint(tiny_run):
     workdir, last_step = tiny_run
     fourier.main(["--workdir", workdir, "--num_images", "100", "--batch_size", "64"])
@@ -367,6 +370,7 @@ def test_command_line_writes_npz_and_plots_from_a_checkpoint(tiny_run):
         np.testing.assert_allclose(f["frequencies"][0], np.pi * np.array([0, 0.25, 0.5, 0.75]))
 
 
+@pytest.mark.xdist_group("fourier_run")
 def test_command_line_compares_runs_on_one_depth_plot(tiny_run, tmp_path):
     workdir, _ = tiny_run
     # A second run from a saved npz: an untrained ResNet-18, whose later rows are NaN-padded.
@@ -387,6 +391,7 @@ def test_command_line_compares_runs_on_one_depth_plot(tiny_run, tmp_path):
     assert_png(os.path.join(output_dir, "high_frequency_compare.png"))
 
 
+@pytest.mark.xdist_group("fourier_run")
 def test_command_line_names_the_steps_when_one_is_missing(tiny_run):
     workdir, _ = tiny_run
     with pytest.raises(ValueError, match="no checkpoint at step 12345"):

@@ -61,7 +61,9 @@ def assert_same_state(a, b):
     jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
-@pytest.fixture(scope="module")
+# Session scope: a module fixture is torn down whenever xdist runs another module's test
+# in between, and then trained again; the group keeps its tests on one worker.
+@pytest.fixture(scope="session")
 def uninterrupted_digits(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("uninterrupted")
     result = run_main(workdir)
