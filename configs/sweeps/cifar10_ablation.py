@@ -10,7 +10,7 @@ Every run is seed 0 at 10% (4,500 images), the baseline being configs/sweeps/cif
 `*_data010_seed0` runs; with two seeds there the half-difference between seeds was 0.2-0.4
 points for the ViTs, so a change smaller than about 0.5 points is not evidence. What each group
 varies, in run order (first the schedule and optimizer choices that the study names, each a
-600-step run of about 8 minutes; then the longer budget, 25 minutes a run, so that a sweep cut
+600-step run of about 8 minutes; then the longer budget, 22-28 minutes a run, so that a sweep cut
 short keeps the complete schedule ablation):
 
 - ramp: each layer's conv strength ramps from 1 to 0 over 10% of the run instead of a hard
