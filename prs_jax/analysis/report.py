@@ -250,8 +250,9 @@ def write_csv(rows: Sequence[dict[str, Any]], path: str) -> None:
 def plot(rows: Sequence[dict[str, Any]], path: str) -> None:
     """Best top-1 against data fraction (per model) and against conv epochs (switch sweeps).
 
-    Runs that differ only in their seed are averaged (`labels`). The conv-epochs panel shows each (model,
-    data fraction) with uniform switches at two or more epochs, and its PRS runs as stars.
+    Runs that differ only in their seed are averaged (`labels`). The conv-epochs panel shows
+    each (model, data fraction, budget) with uniform switches at two or more epochs, and its PRS
+    runs as stars.
     """
     import matplotlib  # pylint: disable=import-outside-toplevel
 
