@@ -92,6 +92,7 @@ def test_results_file_name_is_safe_for_tfds_split_slices(tmp_path):
 
 
 @pytest.mark.xdist_group("evaluate_run")
+@pytest.mark.slow  # a process of prs_jax.evaluate; -m 'not slow' skips it
 def test_command_line_prints_and_writes_the_metrics(trained_run, tmp_path):
     workdir, other = trained_run
     output = tmp_path / "test.json"

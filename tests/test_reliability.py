@@ -73,6 +73,7 @@ def uninterrupted_digits(tmp_path_factory):
 
 
 @pytest.mark.xdist_group("digits_run")  # one worker trains the shared run
+@pytest.mark.slow  # a training process of prs_jax.main; -m 'not slow' skips it
 def test_main_trains_on_one_cpu_device_per_core(uninterrupted_digits):
     """prs_jax.main on a CPU host with no device count of its own: one device per usable core
     (at most as many as split the digits batches of 64 and 128 evenly)."""
@@ -103,6 +104,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, uninterrupted_digits, ho
 
 
 @pytest.mark.xdist_group("digits_run")  # one worker trains the shared run
+@pytest.mark.slow  # a training process of prs_jax.main; -m 'not slow' skips it
 def test_the_sweeps_config_of_a_run_is_the_one_main_records_when_it_finishes(
     uninterrupted_digits,
 ):
@@ -115,6 +117,7 @@ def test_the_sweeps_config_of_a_run_is_the_one_main_records_when_it_finishes(
     assert completion.finished_step(str(uninterrupted_digits), config) == DIGITS_TOTAL_STEPS
 
 
+@pytest.mark.slow  # a training process of prs_jax.main; -m 'not slow' skips it
 def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path):
     stopped = run_main(
         tmp_path, "--signal=TERM", "--at_step=23", module="tests.support.interrupting_main"
@@ -303,6 +306,7 @@ def test_unknown_dataset_is_rejected_before_compiling(tmp_path):
 
 
 @pytest.mark.xdist_group("digits_run")  # one worker trains the shared run
+@pytest.mark.slow  # a training process of prs_jax.main; -m 'not slow' skips it
 def test_a_runs_default_log_has_our_lines_and_clus_progress_but_no_library_chatter(
     uninterrupted_digits,
 ):
@@ -313,6 +317,7 @@ def test_a_runs_default_log_has_our_lines_and_clus_progress_but_no_library_chatt
         assert f" {chatter}:" not in log, chatter
 
 
+@pytest.mark.slow  # a training process of prs_jax.main; -m 'not slow' skips it
 def test_library_log_level_info_brings_the_library_lines_back(tmp_path):
     result = run_main(tmp_path / "run", "--library_log_level=info")
     assert result.returncode == 0, result.stderr[-3000:]
