@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.support.compile_flags import TEST_XLA_FLAGS
+
 REPO = Path(__file__).resolve().parent.parent
 LAUNCH = REPO / "launch"
 SCRIPTS = sorted(LAUNCH.rglob("*.sh"))
@@ -694,7 +696,7 @@ def test_two_processes_train_on_disjoint_halves_and_only_process_0_writes(tmp_pa
         **os.environ,
         "JAX_PLATFORMS": "cpu",
         "RECORD_DIR": str(tmp_path),
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+        "XLA_FLAGS": f"{TEST_XLA_FLAGS} --xla_force_host_platform_device_count=1",
     }
     tiny = [
         "--config.optimizer.warmup_epochs=0.2",

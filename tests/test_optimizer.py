@@ -228,7 +228,10 @@ def test_old_behaviour_steps_about_3x_then_6x_too_far_after_the_switch():
                 float(jnp.abs(updates["blocks_0"]["attn"]["qk"]["kernel"][0]) / LEARNING_RATE(t))
             )
         ratios[pause] = np.array(sizes)
-    np.testing.assert_allclose(ratios[True], 1.0, rtol=1e-5)  # a fresh Adam: |m / sqrt(v)| = 1
+    # A fresh Adam: |m / sqrt(v)| = 1, to float32's precision of the bias correction: 1 - 0.999^k
+    # cancels (0.002 at k = 2), so one rounding of 0.999^k is ~5e-5 of it, which varies with how
+    # XLA lowers the power (it did with the LLVM optimisation level).
+    np.testing.assert_allclose(ratios[True], 1.0, rtol=1e-4)
     k = np.arange(1, 21)
     np.testing.assert_allclose(ratios[False], (1 - 0.9**k) / np.sqrt(1 - 0.999**k), rtol=1e-4)
     np.testing.assert_allclose(ratios[False][[0, 19]], [3.16, 6.24], rtol=2e-3)

@@ -14,6 +14,7 @@ import pytest
 from prs_jax import sweep
 from prs_jax.cpu import cpu_devices
 from prs_jax.training import completion, train, validation
+from tests.support.compile_flags import TEST_XLA_FLAGS
 from tests.support.mocked_run import TOTAL_STEPS, copy_of_run, mocked_cifar100, tiny_run_config
 from tests.test_configs import load
 
@@ -35,7 +36,7 @@ DIGITS_TOTAL_STEPS = 88
 
 def run_main(workdir, *extra, module="prs_jax.main"):
     """Run a training process to its end (or its death); returns the completed process."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", TF_CPP_MIN_LOG_LEVEL="2")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=TEST_XLA_FLAGS, TF_CPP_MIN_LOG_LEVEL="2")
     return subprocess.run(
         [sys.executable, "-m", module, *DIGITS_ARGS, "--workdir", str(workdir), *extra],
         cwd=REPO,
