@@ -320,7 +320,13 @@ def test_a_runs_default_log_has_our_lines_and_clus_progress_but_no_library_chatt
 
 @pytest.mark.slow  # a training process of prs_jax.main; -m 'not slow' skips it
 def test_library_log_level_info_brings_the_library_lines_back(tmp_path):
-    result = run_main(tmp_path / "run", "--library_log_level=info")
+    # One epoch is enough: the manager's lines come with the first checkpoint save.
+    one_epoch = [
+        "--config.num_epochs=1",
+        "--config.eval_every_epochs=1",
+        "--config.schedule.first_layer_switch_epoch=0.5",
+    ]
+    result = run_main(tmp_path / "run", *one_epoch, "--library_log_level=info")
     assert result.returncode == 0, result.stderr[-3000:]
     assert " checkpoint_manager.py:" in result.stderr
 
