@@ -31,7 +31,9 @@ Variants by argument (`configs/cifar10.py:VARIANT[,ARGS]`):
 Other arguments: `fraction=0.1`, `steps=600`, `switch=E` (uniform's switch epoch),
 `first=F,last=F` (the shallowest and deepest GPSA layers' switch points as fractions of the
 run, for any schedule variant), `ramp=F` (each layer's ramp from 1 to 0 as a fraction of the
-run; 0, the default, is a hard switch), `folder_root=DIR` (default ~/.cache/prs_jax/cifar10).
+run; 0, the default, is a hard switch), `lr=K` (the peak learning rate as K times the DeiT rule's 5e-4 x batch / 512; default 1),
+`evals=N` (evaluations on the validation split per run, evenly spaced; default 4),
+`folder_root=DIR` (default ~/.cache/prs_jax/cifar10).
 
 Models: ConViT width 128, depth 6, 4 heads (head dim 32), the first 4 blocks GPSA, patch 4 on
 32 px (an 8 x 8 grid): 1.2M parameters; DeiT twin 1.2M; ResNet-18 at width 24 1.6M.
@@ -71,12 +73,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         ramp=0.0,
         first=-1.0,
         last=-1.0,
+        lr=1.0,
+        evals=4,
         folder_root="~/.cache/prs_jax/cifar10",
     )
     if not 0.0 < arg.fraction <= 1.0:
         raise ValueError(f"fraction={arg.fraction}; must be in (0, 1]")
     if arg.steps <= 0:
         raise ValueError(f"steps={arg.steps}; must be positive")
+    if arg.lr <= 0:
+        raise ValueError(f"lr={arg.lr}; must be a positive multiple of the DeiT rule's rate")
+    if arg.evals < 1:
+        raise ValueError(f"evals={arg.evals}; must be at least 1 (evaluations per run)")
     config = config_lib.base_config()
     steps = 100 if arg.runlocal else arg.steps
     batch_size = config.batch_size  # 128
@@ -119,8 +127,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # DeiT: 5 warmup epochs of 300; the same share of this run.
     config.optimizer.warmup_epochs = config.num_epochs * 5 / 300
+    # `lr=k` scales the DeiT rule's peak rate (5e-4 x batch / 512) by k: the learning-curve
+    # sweep (configs/sweeps/cifar10_curves.py) compares k = 1, 4, 8 per model family.
+    config.optimizer.learning_rate_per_512 *= arg.lr
     config.log_every_steps = 25
-    config.eval_every_epochs = config.num_epochs / 4
+    config.eval_every_epochs = config.num_epochs / arg.evals
     config.checkpoint_every_steps = 250
     config.keep_checkpoints = 1
     return config

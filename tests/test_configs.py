@@ -402,3 +402,24 @@ def test_cifar10_ablation_changes_one_thing_per_run_against_its_10pct_baseline()
         assert changed == {"schedule"}, (name, changed)
     _, late, base = differences(runs["prs_late"], "prs")
     assert late.schedule.first_layer_switch_epoch > base.schedule.first_layer_switch_epoch
+
+
+def test_cifar10_curves_vary_only_the_rate_per_family_and_evaluate_every_250_steps():
+    from prs_jax import sweep
+
+    runs = sweep.load_sweep("configs/sweeps/cifar10_curves.py")
+    assert len(runs) == 9
+    # ConViT first: its rate serves four of the study's five models.
+    assert [r.name for r in runs[:3]] == [f"convit_lr{k}x_data010_seed0" for k in (1, 4, 8)]
+    for run in runs:
+        family, multiple = run.name.split("_")[0], int(run.name.split("_")[1][2:-1])
+        config = sweep.load_config(run.config, run.overrides)
+        base = sweep.load_config(f"configs/cifar10.py:{family},fraction=0.1,steps=6000")
+        assert config.seed == 0 and config.data.train_fraction == 0.1
+        assert config.optimizer.learning_rate_per_512 == pytest.approx(5e-4 * multiple)
+        assert config.model == base.model and config.data == base.data
+        assert config.schedule == base.schedule
+        steps_per_epoch = load_module("cifar10").train_examples(0.1) // config.batch_size
+        assert config.eval_every_epochs * steps_per_epoch == pytest.approx(250)
+    with pytest.raises(ValueError, match="lr=0.0; must be a positive multiple"):
+        load("cifar10")("convit,lr=0")
