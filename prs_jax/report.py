@@ -1,5 +1,5 @@
-r"""Collect final and best eval accuracies from run workdirs into a table and a plot
-(prs_jax.analysis.report).
+r"""Collect final and best eval accuracies from run workdirs into a table and a plot, with paired
+differences over seeds and learning curves (prs_jax.analysis.study).
 
   python -m prs_jax.report --workdirs ~/runs/ratios/* --out ~/runs/ratios/report
   python -m prs_jax.report --workdirs ~/runs/ratios --out /tmp/report   # a folder of runs
@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from prs_jax.analysis.report import write_report
+from prs_jax.analysis.study import write_study_report
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -21,9 +21,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--workdirs", nargs="+", required=True, help="run workdirs, or folders of them"
     )
-    parser.add_argument("--out", required=True, help="output prefix: writes PREFIX.md, .csv, .png")
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="output prefix: writes PREFIX.md, .csv, .png and PREFIX_curves.csv, .md, .png",
+    )
     args = parser.parse_args(argv)
-    for path in write_report(args.workdirs, args.out):
+    for path in write_study_report(args.workdirs, args.out):
         print(path)
     return 0
 
