@@ -55,7 +55,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg.runlocal:
         # Minutes on a laptop CPU: a 4-block ViT, 2 epochs, small batches, frequent logs.
         if config.model.name != "resnet18":
-            config.model.update(hidden_size=64, num_heads=4, depth=4, num_gpsa_layers=2)
+            # DeiT keeps no GPSA layer (its class token is in the sequence from the start).
+            num_gpsa = 0 if arg.variant == "deit" else 2
+            config.model.update(hidden_size=64, num_heads=4, depth=4, num_gpsa_layers=num_gpsa)
         config.num_epochs = 2.0
         config.optimizer.warmup_epochs = 0.2
         config.batch_size = 32
