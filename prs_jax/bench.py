@@ -55,10 +55,11 @@ import sys
 
 from prs_jax.cpu import host_allocator
 
-# Before JAX and TensorFlow start threads (see host_allocator); --noreuse_host_memory re-runs
-# without it (the flag is read from argv because absl has not parsed flags yet).
+# Before JAX and TensorFlow start threads (see host_allocator), where JAX computes on the CPU
+# (PRS_JAX_REUSE_HOST_MEMORY decides otherwise, as for prs_jax.main); --noreuse_host_memory
+# re-runs without it (read from argv because absl has not parsed flags yet).
 if __name__ == "__main__" and "--noreuse_host_memory" not in sys.argv:
-    _HOST_MEMORY_REUSED = host_allocator.reuse_freed_memory()
+    _HOST_MEMORY_REUSED = host_allocator.configure_for_training()
 else:
     _HOST_MEMORY_REUSED = False
 

@@ -10,7 +10,8 @@ machine (ConViT-Ti, batch 128): 1.27x the images/s of one device.
 
 `python -m prs_jax.main` and `python -m prs_jax.bench` call `configure` after parsing flags and
 before JAX starts its backend. PRS_JAX_CPU_DEVICES=N asks for N devices (1 keeps JAX's default
-single device); an XLA_FLAGS that already fakes a device count is left alone.
+single device); an XLA_FLAGS that already fakes a device count is left alone. Where JAX computes
+on a GPU or TPU, nothing is changed (`device_count_decision`).
 """
 
 from __future__ import annotations
@@ -42,16 +43,36 @@ def device_count_for(per_process_batch_sizes: Sequence[int], cores: int) -> int:
 def requested_device_count(per_process_batch_sizes: Sequence[int]) -> int:
     """Devices to create: from $PRS_JAX_CPU_DEVICES, else one per core where JAX runs on the
     CPU; 0 where JAX's own default should stand. Raises on a malformed switch."""
-    switch = os.environ.get(ENV_SWITCH, "").strip()
+    return device_count_decision(
+        os.environ.get(ENV_SWITCH, ""),
+        os.environ.get("XLA_FLAGS", ""),
+        host_allocator.runs_on_cpu_only(),
+        per_process_batch_sizes,
+        usable_cores(),
+    )
+
+
+def device_count_decision(
+    switch: str,
+    xla_flags: str,
+    on_cpu_only: bool,
+    per_process_batch_sizes: Sequence[int],
+    cores: int,
+) -> int:
+    """The decision of `requested_device_count`, from its facts: none where JAX computes on a
+    GPU or TPU (the CPU's devices then only hold host arrays); else `switch`
+    ($PRS_JAX_CPU_DEVICES) when set; else none where `xla_flags` already fakes a count; else one
+    per core, as many as divide the batches. Raises on a malformed switch."""
+    switch = switch.strip()
+    if switch and (not switch.isdigit() or int(switch) < 1):
+        raise ValueError(f"{ENV_SWITCH} must be a positive number of devices, got {switch!r}")
+    if not on_cpu_only:
+        return 0
     if switch:
-        if not switch.isdigit() or int(switch) < 1:
-            raise ValueError(f"{ENV_SWITCH} must be a positive number of devices, got {switch!r}")
         return int(switch)
-    if _DEVICE_COUNT_FLAG in os.environ.get("XLA_FLAGS", ""):
+    if _DEVICE_COUNT_FLAG in xla_flags:
         return 0
-    if not host_allocator.runs_on_cpu_only():
-        return 0
-    return device_count_for(per_process_batch_sizes, usable_cores())
+    return device_count_for(per_process_batch_sizes, cores)
 
 
 def configure(per_process_batch_sizes: Sequence[int]) -> int:

@@ -25,6 +25,7 @@ import importlib.util
 import os
 import pkgutil
 import platform
+from collections.abc import Iterable
 
 # glibc's mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
@@ -38,22 +39,42 @@ ENV_SWITCH = "PRS_JAX_REUSE_HOST_MEMORY"
 def runs_on_cpu_only() -> bool:
     """Whether JAX will compute on the host: $JAX_PLATFORMS says so, or no GPU/TPU plugin is
     installed. Decided without importing JAX, which may start threads."""
-    platforms = os.environ.get("JAX_PLATFORMS", "").strip()
+    return cpu_only(os.environ.get("JAX_PLATFORMS", ""), installed_accelerator_plugins())
+
+
+def installed_accelerator_plugins() -> list[str]:
+    """The installed modules that give JAX a GPU or TPU backend (libtpu, jax_cuda*, jax_rocm*)."""
+    found = [module.name for module in pkgutil.iter_modules() if is_accelerator_plugin(module.name)]
+    if importlib.util.find_spec("libtpu") is not None and "libtpu" not in found:
+        found.append("libtpu")
+    return found
+
+
+def is_accelerator_plugin(module_name: str) -> bool:
+    return module_name == "libtpu" or module_name.startswith(("jax_cuda", "jax_rocm"))
+
+
+def cpu_only(jax_platforms: str, installed_modules: Iterable[str]) -> bool:
+    """The decision of `runs_on_cpu_only`, from its facts: $JAX_PLATFORMS when set (CPU only
+    when it names nothing but "cpu"), else whether no accelerator plugin is installed."""
+    platforms = {p.strip() for p in jax_platforms.split(",") if p.strip()}
     if platforms:
-        return {p.strip() for p in platforms.split(",") if p.strip()} <= {"cpu"}
-    if importlib.util.find_spec("libtpu") is not None:
-        return False
-    return not any(
-        module.name.startswith(("jax_cuda", "jax_rocm")) for module in pkgutil.iter_modules()
-    )
+        return platforms <= {"cpu"}
+    return not any(is_accelerator_plugin(name) for name in installed_modules)
+
+
+def reuse_decision(switch: str, on_cpu_only: bool) -> bool:
+    """Whether to keep freed host memory: `switch` ($PRS_JAX_REUSE_HOST_MEMORY) "1" forces it,
+    "0" refuses it, unset follows the platform (on where JAX computes on the host only)."""
+    switch = switch.strip()
+    if switch not in ("", "0", "1"):
+        raise ValueError(f"{ENV_SWITCH} must be 0, 1 or unset, got {switch!r}")
+    return switch == "1" or (switch == "" and on_cpu_only)
 
 
 def configure_for_training() -> bool:
     """Applies `reuse_freed_memory` where it helps (CPU training) unless turned off by env."""
-    switch = os.environ.get(ENV_SWITCH, "").strip()
-    if switch not in ("", "0", "1"):
-        raise ValueError(f"{ENV_SWITCH} must be 0, 1 or unset, got {switch!r}")
-    if switch == "0" or (switch == "" and not runs_on_cpu_only()):
+    if not reuse_decision(os.environ.get(ENV_SWITCH, ""), runs_on_cpu_only()):
         return False
     return reuse_freed_memory()
 
