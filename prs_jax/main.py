@@ -13,7 +13,6 @@ written by all processes together, and all processes leave through one final bar
 """
 
 import os
-import sys
 
 if __name__ == "__main__":
     # First, before JAX or TensorFlow start threads: on CPU, XLA's per-step scratch is then
@@ -25,6 +24,7 @@ if __name__ == "__main__":
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from prs_jax import cli
 from prs_jax.cpu import cpu_devices
 from prs_jax.training import logs
 
@@ -87,8 +87,10 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logs.quiet_library_logs(FLAGS.library_log_level)
-    # TensorFlow is only used for input and summaries: keep it off the accelerators.
-    import tensorflow as tf
+    # TensorFlow is only used for input and summaries: keep it off the accelerators (and its
+    # C++ start-up notices out of the log).
+    with logs.native_start_up_noise_dropped(FLAGS.library_log_level):
+        import tensorflow as tf
 
     tf.config.set_visible_devices([], "GPU")
     tf.config.set_visible_devices([], "TPU")
@@ -103,7 +105,7 @@ def main(argv: list[str]) -> None:
     import jax
     from jax.experimental import multihost_utils
 
-    from prs_jax.training import train, validation
+    from prs_jax.training import train
 
     logging.info(
         "JAX %s: process %d of %d, devices %s",
@@ -112,13 +114,9 @@ def main(argv: list[str]) -> None:
         jax.process_count(),
         jax.devices(),
     )
-    try:
-        train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except validation.ConfigError as error:
-        # A config the run cannot use is the user's to fix: its message says how; a traceback
-        # would only bury it. Found before anything compiles or is written.
-        print(f"prs_jax.main: {error}", file=sys.stderr)
-        sys.exit(2)
+    # A user's mistake (a bad config, a workdir in use, a full disk) ends as one line and exit
+    # code 2 in cli.run_absl; a bug keeps its traceback.
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     if distributed:
         # No process leaves while another may still need it for a collective (a checkpoint).
         multihost_utils.sync_global_devices("prs_jax.main: training finished")
@@ -127,4 +125,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_absl(main, "prs_jax.main")

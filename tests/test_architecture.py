@@ -13,12 +13,13 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "prs_jax"
 
 # Lower imports nothing above it. A module may import its own layer and those below.
 LAYERS = (
+    ("errors",),  # UserError, which any layer may raise for a problem the user can fix
     ("cpu",),  # what a CPU host needs before JAX starts
     ("models", "method", "data"),  # the networks, PRS itself, the input pipelines
     ("training",),  # one run: config, state, steps, checkpoints, metrics, the loop
     ("analysis",),  # what a run shows: spectra, the Fourier analysis, reports
     ("tools",),  # what the benchmark drives
-    ("commands",),  # prs_jax/*.py: main, evaluate, fourier, report, bench, sweep, convert
+    ("commands",),  # prs_jax/*.py: main, evaluate, fourier, report, bench, sweep, convert, cli
 )
 # The loop's one way into analysis: the in-training spectra (config.fourier_every_epochs).
 ALLOWED_UPWARD = {("prs_jax.training.train", "prs_jax.analysis.spectra")}

@@ -48,7 +48,7 @@ VALIDATION_SEED = 0  # the held-out part of train is fixed: it must not move wit
 _CHECK_THREADS = min(32, 4 * (os.cpu_count() or 1))
 
 
-class CorruptImageError(ValueError):
+class CorruptImageError(specs.DataError):
     """An image file that PIL cannot read; the message names the file."""
 
 
@@ -94,7 +94,7 @@ def _class_folders(split_dir: str) -> dict[str, list[str]]:
 def _split_dir(root: str, split: str, field: str) -> str:
     split_dir = os.path.join(root, split)
     if not os.path.isdir(split_dir):
-        raise ValueError(
+        raise specs.DataError(
             f"no folder {split_dir} for config.data.{field}={split!r} (data.folder_root={root!r})"
         )
     return split_dir
@@ -147,17 +147,17 @@ def scan_split(
     (0: never; inf: always).
     """
     if on_corrupt not in ON_CORRUPT:
-        raise ValueError(
+        raise specs.DataError(
             f"config.data.folder_on_corrupt={on_corrupt!r}; choose one of {ON_CORRUPT}"
         )
     classes = _class_folders(_split_dir(root, split, field))
     if not classes:
-        raise ValueError(
+        raise specs.DataError(
             f"{os.path.join(root, split)} has no class folders (ROOT/{split}/<class>/)"
         )
     for name, paths in classes.items():
         if not paths:
-            raise ValueError(
+            raise specs.DataError(
                 f"class folder {os.path.join(root, split, name)} has no image files"
                 f" ({', '.join(IMAGE_EXTENSIONS)})"
             )
@@ -205,7 +205,7 @@ def cache_max_bytes(data_config: ml_collections.ConfigDict) -> float:
     in the main process and in each grain worker together fit in folder_cache_max_gib."""
     mode = data_config.get("folder_cache", "auto")
     if mode not in FOLDER_CACHE:
-        raise ValueError(f"config.data.folder_cache={mode!r}; choose one of {FOLDER_CACHE}")
+        raise specs.DataError(f"config.data.folder_cache={mode!r}; choose one of {FOLDER_CACHE}")
     if mode == "never":
         return 0.0
     if mode == "always":
@@ -220,7 +220,7 @@ def _check_same_classes(
     if train.class_names != other.class_names:
         only_train = sorted(set(train.class_names) - set(other.class_names))
         only_other = sorted(set(other.class_names) - set(train.class_names))
-        raise ValueError(
+        raise specs.DataError(
             f"class folders differ between {os.path.join(root, train_split)} and"
             f" {os.path.join(root, split)}: only in {train_split}: {only_train}; only in"
             f" {split}: {only_other}"
@@ -231,17 +231,17 @@ def folder_split(data_config: ml_collections.ConfigDict, split: str) -> FolderSp
     """The images of `split` (the train or the eval split of the config), with checked classes."""
     root = data_config.get("folder_root")
     if not root:
-        raise ValueError(
+        raise specs.DataError(
             "config.data.name='image_folder' needs config.data.folder_root=ROOT, a folder with"
             " ROOT/train/<class>/*.jpg (and ROOT/test/<class>/*)"
         )
     root = os.path.expanduser(root)
     if not os.path.isdir(root):
-        raise ValueError(f"config.data.folder_root={root!r} is not a folder")
+        raise specs.DataError(f"config.data.folder_root={root!r} is not a folder")
     on_corrupt = data_config.get("folder_on_corrupt", "raise")
     train_split, eval_split = data_config.train_split, data_config.eval_split
     if split not in (train_split, eval_split):
-        raise ValueError(
+        raise specs.DataError(
             f"split {split!r} is neither data.train_split={train_split!r} nor"
             f" data.eval_split={eval_split!r}"
         )
@@ -256,9 +256,11 @@ def folder_split(data_config: ml_collections.ConfigDict, split: str) -> FolderSp
         return other
 
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"config.data.folder_validation_fraction={fraction}; must be in [0, 1)")
+        raise specs.DataError(
+            f"config.data.folder_validation_fraction={fraction}; must be in [0, 1)"
+        )
     if os.path.isdir(os.path.join(root, eval_split)):
-        raise ValueError(
+        raise specs.DataError(
             f"both {os.path.join(root, eval_split)} and data.folder_validation_fraction={fraction}"
             " give an eval split: remove one"
         )

@@ -28,6 +28,7 @@ import numpy as np
 from absl import flags
 
 from prs_jax.data import augment, sources, train_examples
+from prs_jax.data.specs import DataError
 
 # Thread prefetch inside each process (and each grain worker). An element here is a whole batch,
 # and augmentation is mostly GIL-bound Python: a few threads and a short buffer; scale with
@@ -127,12 +128,12 @@ def dataset_info(data_config: ml_collections.ConfigDict) -> DatasetInfo:
 
 def _check_crops(data_config: ml_collections.ConfigDict) -> None:
     if data_config.train_crop not in augment.TRAIN_CROPS:
-        raise ValueError(
+        raise DataError(
             f"config.data.train_crop={data_config.train_crop!r}; choose one of"
             f" {augment.TRAIN_CROPS}"
         )
     if data_config.eval_crop not in augment.EVAL_CROPS:
-        raise ValueError(
+        raise DataError(
             f"config.data.eval_crop={data_config.eval_crop!r}; choose one of {augment.EVAL_CROPS}"
         )
 
@@ -183,12 +184,12 @@ def create_train_iterator(
     _check_crops(data_config)
     repeats = data_config.get("repeated_augmentation", 1)
     if not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"config.data.repeated_augmentation={repeats!r}; must be an integer >= 1")
+        raise DataError(f"config.data.repeated_augmentation={repeats!r}; must be an integer >= 1")
     crop = data_config.train_crop
     source = train_examples.train_source(data_config, native_size=crop == "random_resized_crop")
     steps_per_epoch = len(source) // global_batch_size
     if steps_per_epoch == 0:
-        raise ValueError(
+        raise DataError(
             f"global_batch_size={global_batch_size} exceeds the {len(source)} examples of"
             f" {data_config.name}:{data_config.train_split} (train_fraction="
             f"{data_config.train_fraction})"

@@ -34,6 +34,7 @@ from prs_jax.data.specs import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     NORMALIZATIONS,
+    DataError,
     DatasetSpec,
     to_rgb_uint8,
 )
@@ -153,9 +154,9 @@ def tfds_keys(info: Any) -> tuple[str, str]:
     return "image", "label"
 
 
-def unknown_name_error(name: str, cause: Exception) -> ValueError:
+def unknown_name_error(name: str, cause: Exception) -> DataError:
     """The error for a name that is neither built in nor a TFDS dataset (TFDS's first line kept)."""
-    return ValueError(
+    return DataError(
         f"unknown config.data.name={name!r} ({str(cause).splitlines()[0]}); allowed: one of"
         f" {sorted(DATASETS)}, {FOLDER_DATASET!r} (with data.folder_root), or the name of a TFDS"
         " image-classification dataset (e.g. imagenet2012)"
@@ -187,11 +188,11 @@ def open_tfds(
     except tfds.core.registered.DatasetNotFoundError as e:
         raise unknown_name_error(name, e) from None
     except ValueError as e:  # e.g. "Unknown split 'validation'. Should be one of [...]"
-        raise ValueError(f"config.data.name={name!r}, split {split!r}: {e}") from None
+        raise DataError(f"config.data.name={name!r}, split {split!r}: {e}") from None
     except (AssertionError, KeyError, FileNotFoundError, NotImplementedError) as e:
         where = data_dir or "TFDS's default data_dir ($TFDS_DATA_DIR or ~/tensorflow_datasets)"
         cause = " ".join(str(e).split())  # TFDS's message, on one line
-        raise ValueError(
+        raise DataError(
             f"config.data.name={name!r} split {split!r} cannot be read from {where} ({cause})."
             f" Built in: {sorted(DATASETS)}. To use a TFDS dataset, prepare it as array_record:"
             f" `tfds build {name} --data_dir DIR --file_format array_record` (imagenet2012: add"
@@ -223,7 +224,7 @@ def _digits_arrays(split: str, image_size: int) -> tuple[np.ndarray, np.ndarray]
     from sklearn import datasets  # pylint: disable=import-outside-toplevel
 
     if split not in DIGITS_SPLITS:
-        raise ValueError(f"digits has splits {DIGITS_SPLITS}; got split={split!r}")
+        raise DataError(f"digits has splits {DIGITS_SPLITS}; got split={split!r}")
     digits = datasets.load_digits()
     index = digits_split_indices()[split]
     # Pixel values are 0..16: scale to 0..255 before resizing.
@@ -319,7 +320,7 @@ def _tfds_spec(name: str, data_dir: str | None, download: bool) -> DatasetSpec:
         and label_key in features
         and isinstance(features[label_key], tfds.features.ClassLabel)
     ):
-        raise ValueError(
+        raise DataError(
             f"config.data.name={name!r} is not an image-classification dataset: it needs an Image"
             f" feature {image_key!r} and a ClassLabel feature {label_key!r}; it has {features}"
         )
@@ -340,7 +341,7 @@ def dataset_spec(data_config: Any) -> DatasetSpec:
     if name == FOLDER_DATASET:
         return folders.folder_spec(data_config)
     if not isinstance(name, str) or not name:
-        raise ValueError(f"config.data.name={name!r}; allowed: one of {sorted(DATASETS)}")
+        raise DataError(f"config.data.name={name!r}; allowed: one of {sorted(DATASETS)}")
     return _tfds_spec(name, _folder(data_config, "data_dir"), bool(data_config.get("download")))
 
 
@@ -348,7 +349,7 @@ def normalization(data_config: Any) -> tuple[tuple[float, ...], tuple[float, ...
     """(mean, std) per channel that images in [0, 1] are normalised with (data.normalization)."""
     choice = data_config.get("normalization", "imagenet")
     if choice not in NORMALIZATIONS:
-        raise ValueError(f"config.data.normalization={choice!r}; choose one of {NORMALIZATIONS}")
+        raise DataError(f"config.data.normalization={choice!r}; choose one of {NORMALIZATIONS}")
     if choice == "imagenet":
         return IMAGENET_MEAN, IMAGENET_STD
     spec = dataset_spec(data_config)

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from prs_jax.errors import UserError
+
 # torchvision's ImageNet statistics: DeiT and ConViT normalise every dataset with them
 # (config.data.normalization='imagenet', the default).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -20,6 +22,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 NORMALIZATIONS = ("imagenet", "dataset")
 FOLDER_DATASET = "image_folder"  # config.data.name of a folder of images (prs_jax.data.folders)
+
+
+class DataError(UserError, ValueError):
+    """Data the config names cannot be used (an unknown dataset or split, a folder without
+    images, an unreadable file); the message names the config field or file and the fix."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,6 +16,7 @@ import numpy as np
 from absl import logging
 
 from prs_jax.data import sources
+from prs_jax.data.specs import DataError
 from prs_jax.data.subsets import SubsetSource, class_balanced_subset, source_labels
 
 TRAIN_IDS_FILENAME = "train_example_ids.npy"  # in the workdir: the chosen indices, int64[n]
@@ -51,7 +52,7 @@ def train_example_ids(data_config: ml_collections.ConfigDict) -> np.ndarray | No
     if fraction == 1.0:
         return None
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"config.data.train_fraction={fraction}; must be in (0, 1]")
+        raise DataError(f"config.data.train_fraction={fraction}; must be in (0, 1]")
     labels = train_labels(data_config)
     ids = class_balanced_subset(labels, fraction, data_config.get("subset_seed", 0))
     logging.info(

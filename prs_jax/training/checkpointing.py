@@ -3,10 +3,19 @@
 Checkpoints are saved every `checkpoint_every_steps` and at every layer switch of the PRS
 schedule. The latest `keep_checkpoints` are kept; the layer-switch ones are kept for good, for
 the Fourier analysis of the model at each stage.
+
+A save that fails (a full disk, a lost permission), at once or in orbax's background writer,
+raises CheckpointSaveError naming the step and the cause. orbax writes each step into a
+temporary folder and renames it when complete, and deletes older checkpoints only after that,
+so the previous checkpoint stays whole; the temporary folder is removed when the run restarts
+(`cleanup_tmp_directories`).
 """
 
 from __future__ import annotations
 
+import errno
+import warnings
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -22,8 +31,33 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy as preserva
 from orbax.checkpoint.checkpoint_managers import save_decision_policy as save_decision
 
 from prs_jax import data
+from prs_jax.errors import UserError
 
 CHECKPOINT_DIR = "checkpoints"
+
+
+class NoCheckpointError(UserError, FileNotFoundError):
+    """The workdir has no checkpoint: not a training run's workdir, or one that saved none."""
+
+
+class MissingStepError(UserError, ValueError):
+    """The workdir has checkpoints, but none at the step asked for."""
+
+
+class CheckpointSaveError(UserError):
+    """A checkpoint could not be written; the message names the step, the cause, the checkpoint
+    that is intact and how to resume."""
+
+
+def _no_checkpoint(workdir: str) -> NoCheckpointError:
+    if not epath.Path(workdir).exists():
+        return NoCheckpointError(
+            f"workdir {workdir} does not exist: give the --workdir of a training run"
+        )
+    return NoCheckpointError(
+        f"no checkpoint in {workdir}/{CHECKPOINT_DIR}: give the --workdir of a training run"
+        " that has saved one (python -m prs_jax.main --workdir DIR writes DIR/checkpoints)"
+    )
 
 
 def checkpoint_dir(workdir: str) -> epath.Path:
@@ -67,6 +101,10 @@ def create_checkpoint_manager(
     )
 
 
+# The step of each manager's newest save, to name it when its background write fails later.
+_saving: weakref.WeakKeyDictionary[ocp.CheckpointManager, int] = weakref.WeakKeyDictionary()
+
+
 def save(
     manager: ocp.CheckpointManager,
     step: int,
@@ -76,16 +114,99 @@ def save(
     *,
     force: bool = False,
 ) -> bool:
-    """Save (if the policy asks for this step, or `force`); returns whether a save started."""
-    return manager.save(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            data=grain.checkpoint.CheckpointSave(data_iterator),
-            config=ocp.args.JsonSave(config.to_dict()),
-        ),
-        force=force,
+    """Save (if the policy asks for this step, or `force`); returns whether a save started.
+
+    Called at every step: it also reports, without waiting, a failure of the previous save's
+    background write. Either failure raises CheckpointSaveError.
+    """
+    pending = _saving.get(manager)
+    try:
+        manager.check_for_errors()  # non-blocking: the background write's error, if it failed
+        if not (force or manager.should_save(step)):
+            return False
+        manager.wait_until_finished()  # the previous save first, so a failure names its step
+    except Exception as error:  # orbax and tensorstore raise many kinds; all mean "not written"
+        raise save_error(manager, step if pending is None else pending, error) from error
+    try:
+        started = manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=grain.checkpoint.CheckpointSave(data_iterator),
+                config=ocp.args.JsonSave(config.to_dict()),
+            ),
+            force=force,
+        )
+    except Exception as error:
+        raise save_error(manager, step, error) from error
+    if started:
+        _saving[manager] = step
+    return started
+
+
+def finish(manager: ocp.CheckpointManager) -> None:
+    """Wait for the last save to be written and close the manager; CheckpointSaveError if it
+    failed."""
+    try:
+        manager.wait_until_finished()
+    except Exception as error:
+        raise save_error(manager, _saving.get(manager, -1), error) from error
+    manager.close()
+
+
+def close_after_error(manager: ocp.CheckpointManager) -> None:
+    """Close the manager of a run that is stopping on an error, without raising: a second
+    failure (the same full disk) must not hide the first error."""
+    try:
+        manager.close()
+    except Exception as error:  # already failing: log it, keep the first error
+        logging.warning("Closing the checkpoint manager also failed: %s", error_cause(error))
+    # The save that failed leaves an orbax coroutine unawaited; Python would warn at exit.
+    warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
+
+
+def error_cause(error: BaseException) -> str:
+    """The root cause of a failed write in a few words: the OS error where one is in the chain
+    ('No space left on device', 'Permission denied'), else the first line of the message."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno:
+            return f"{errno.errorcode.get(seen.errno, seen.errno)}: {seen.strerror}"
+        seen = seen.__cause__ or seen.__context__
+    text = str(error)
+    # tensorstore folds the OS error into its message ("RESOURCE_EXHAUSTED: ... [OS error: No
+    # space left on device]").
+    for known in ("No space left on device", "Permission denied", "Read-only file system"):
+        if known in text:
+            return known
+    first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    return first[:200]
+
+
+def save_error(
+    manager: ocp.CheckpointManager, step: int, error: BaseException
+) -> CheckpointSaveError:
+    """The CheckpointSaveError of a failed save of `step`: the cause, the newest checkpoint that
+    is intact, and how to resume."""
+    intact = [s for s in _committed_steps(manager.directory) if s < step or step < 0]
+    if intact:
+        kept = f"the checkpoint of step {intact[-1]} is intact"
+        resume = f"rerun the same command to resume from step {intact[-1]}"
+    else:
+        kept = "there is no earlier checkpoint"
+        resume = "rerun the same command to start again"
+    what = f"the checkpoint of step {step}" if step >= 0 else "a checkpoint"
+    return CheckpointSaveError(
+        f"{what} could not be written to {manager.directory} ({error_cause(error)}); training"
+        f" stopped and {kept}. Free space or restore write access, then {resume}"
     )
+
+
+def _committed_steps(directory: epath.Path) -> list[int]:
+    """Steps of the complete checkpoints in `directory` (orbax's unfinished ones have a suffix)."""
+    if not directory.is_dir():
+        return []
+    return sorted(int(path.name) for path in directory.iterdir() if path.name.isdigit())
 
 
 def restore_latest(
@@ -156,14 +277,12 @@ def restore_config(workdir: str, step: int | None = None) -> ml_collections.Conf
     Its `data` section is laid over today's data defaults, so a run saved before a data field
     existed still loads (each default keeps the earlier behaviour).
     """
+    step = checkpoint_step(workdir, step)  # a clear error for a workdir without it
     with ocp.CheckpointManager(
         checkpoint_dir(workdir),
         item_names=("state", "data", "config"),
         options=ocp.CheckpointManagerOptions(read_only=True),
     ) as manager:
-        step = manager.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {workdir}/{CHECKPOINT_DIR}")
         restored = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
     config = ml_collections.ConfigDict(restored.config)
     if "data" in config:
@@ -224,10 +343,7 @@ def restore_variables(
 
 def checkpoint_steps(workdir: str) -> list[int]:
     """The steps of the run's readable checkpoints (folders named by a number), ascending."""
-    directory = checkpoint_dir(workdir)  # local or gs://
-    if not directory.is_dir():
-        return []
-    return sorted(int(path.name) for path in directory.iterdir() if path.name.isdigit())
+    return _committed_steps(checkpoint_dir(workdir))  # local or gs://
 
 
 def checkpoint_step(workdir: str, step: int | None = None) -> int:
@@ -235,8 +351,10 @@ def checkpoint_step(workdir: str, step: int | None = None) -> int:
     latest checkpoint's step when `step` is None."""
     steps = checkpoint_steps(workdir)
     if not steps:
-        raise FileNotFoundError(f"no checkpoint in {workdir}/{CHECKPOINT_DIR}")
+        raise _no_checkpoint(workdir)
     step = steps[-1] if step is None else step
     if step not in steps:
-        raise ValueError(f"no checkpoint at step {step} in {workdir}; there are {steps}")
+        raise MissingStepError(
+            f"no checkpoint at step {step} in {workdir}; there are {steps}: give one of them"
+        )
     return step

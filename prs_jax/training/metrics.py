@@ -12,7 +12,13 @@ import numpy as np
 from clu import metric_writers
 from etils import epath
 
+from prs_jax.errors import UserError
+
 METRICS_FILENAME = "metrics.jsonl"
+
+
+class MetricsWriteError(UserError):
+    """metrics.jsonl could not be written (a full disk, a lost permission)."""
 
 
 class JsonlWriter(metric_writers.MetricWriter):
@@ -41,8 +47,15 @@ class JsonlWriter(metric_writers.MetricWriter):
     def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
         record = {"step": int(step)}
         record.update({name: float(np.asarray(value)) for name, value in scalars.items()})
-        self._write(record)
-        self.flush()
+        try:
+            self._write(record)
+            self.flush()
+        except OSError as error:
+            raise MetricsWriteError(
+                f"the metrics of step {step} could not be written to {self._path}"
+                f" ({error.strerror}); training stopped. Free space or restore write access, then"
+                " rerun the same command to resume from the latest checkpoint"
+            ) from error
 
     def write_hparams(self, hparams: Mapping[str, Any]) -> None:
         self._write({"hparams": {k: _jsonable(v) for k, v in hparams.items()}})

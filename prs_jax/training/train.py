@@ -8,10 +8,12 @@ and the train state is donated. This is the SPMD program that `pmap` used to exp
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import signal
 import threading
+import time
 from collections.abc import Mapping
 
 import jax
@@ -26,7 +28,14 @@ from jax.sharding import PartitionSpec as P
 from prs_jax import data
 from prs_jax.analysis import spectra
 from prs_jax.method import schedule
-from prs_jax.training import checkpointing, completion, metrics, validation
+from prs_jax.training import (
+    checkpointing,
+    completion,
+    metrics,
+    run_summary,
+    validation,
+    workdir_lock,
+)
 from prs_jax.training.state import TrainState, create_mesh, create_model, init_from_weights
 from prs_jax.training.steps import build_run_functions, evaluate, summarise, to_global
 
@@ -52,10 +61,24 @@ class _PreemptionFlag:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-    """Train and evaluate the model of `config`, writing checkpoints and metrics to `workdir`."""
+    """Train and evaluate the model of `config`, writing checkpoints and metrics to `workdir`.
+
+    The run holds the workdir's lock throughout (workdir_lock): a second run on the same
+    workdir raises WorkdirInUseError before reading any data or compiling.
+    """
+    started = time.monotonic()
     # Fail in seconds, before any data or compile, on a config or workdir the run cannot use.
     validation.check_workdir(workdir)
     validation.validate_config(config, device_count=jax.device_count())
+    with workdir_lock.hold(
+        workdir, chief=jax.process_index() == 0, process_count=jax.process_count()
+    ):
+        return _train_and_evaluate(config, workdir, started)
+
+
+def _train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, started: float
+) -> TrainState:
     is_chief = jax.process_index() == 0
 
     # Mesh: one data-parallel axis over every device of every host.
@@ -170,6 +193,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     preemption = _PreemptionFlag(install=jax.process_count() == 1)
     pending_metrics: list[dict[str, jax.Array]] = []
     last_logged_step = step = initial_step
+    preempted = False
+    loop_started = time.monotonic()
     try:
         while step < steps.total_steps:
             batch = to_global(next(train_iter), data_sharding)
@@ -212,17 +237,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                 writer.write_scalars(step, high_frequency)
 
             with report_progress.timed("checkpoint"):
+                # A failed save raises CheckpointSaveError; the previous checkpoint is intact.
                 checkpointing.save(manager, step, state, train_iter, config, force=preempted)
             if preempted:
                 logging.warning("Saved step %d after a preemption notice; exiting.", step)
                 break
-    finally:
-        manager.wait_until_finished()
-        manager.close()
+    except BaseException:
+        # Stopping on an error: a second failure while closing (the same full disk) is logged,
+        # never raised over the first.
+        checkpointing.close_after_error(manager)
+        with contextlib.suppress(Exception):
+            writer.flush()
+        raise
+    else:
+        checkpointing.finish(manager)  # CheckpointSaveError if the last save failed
         writer.flush()
+    finally:
         preemption.restore()
+    loop_seconds = time.monotonic() - loop_started
     if is_chief and step == steps.total_steps:
         completion.mark_finished(workdir, step, config.to_dict())
+    if is_chief:
+        session = run_summary.Session(
+            first_step=initial_step,
+            last_step=step,
+            total_steps=steps.total_steps,
+            batch_size=config.batch_size,
+            wall_seconds=time.monotonic() - started,
+            loop_seconds=loop_seconds,
+            stopped_early=step < steps.total_steps,
+        )
+        logging.info("%s", "\n".join(run_summary.summary_lines(workdir, session)))
     return state
 
 

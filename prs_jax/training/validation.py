@@ -14,11 +14,12 @@ from typing import Any
 import ml_collections
 
 from prs_jax import data, models
+from prs_jax.errors import UserError
 from prs_jax.method import optimizer as optimizer_lib
 from prs_jax.training import config_lib
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config field has a value the run cannot use."""
 
 
