@@ -75,10 +75,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from prs_jax import models
+from prs_jax import cli, models
 from prs_jax.cpu import cpu_devices
 from prs_jax.data import sources
 from prs_jax.models.reference import reference_of
@@ -357,4 +357,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_absl(main, "prs_jax.bench")  # flag and user errors: one line, exit code 2

@@ -52,7 +52,7 @@ def unknown_field_message(error: Exception, argv: Sequence[str]) -> str | None:
         name = arg.split("=", 1)[0]
         if re.fullmatch(r"--\w+(\.\w+)+", name) and field in name.split(".")[1:]:
             suggestion = " ".join(line for line in lines[1:] if line)
-            hint = suggestion or "check the name against the config file's fields"
+            hint = suggestion or "Check the name against the config's fields."
             return f"{arg}: the config has no field {field!r}. {hint}"
     return None
 
@@ -76,35 +76,54 @@ def _config_file_errors() -> None:
             ) from None
 
 
-def _flags_parser(command: str) -> Callable[[list[str]], list[str]]:
-    def parse(argv: list[str]) -> list[str]:
-        try:
-            remaining = flags.FLAGS(argv)
-            _config_file_errors()
-            return remaining
-        except flags.Error as error:
-            fail(command, f"{error} (--helpshort lists the flags)")
-        except (AttributeError, KeyError) as error:
-            message = unknown_field_message(error, argv)
-            if message is None:
-                raise
-            fail(command, message)
-        except (TypeError, ValueError) as error:
-            # ml_collections wraps a config file's get_config() error with its traceback:
-            # the last line is the error itself (an unknown ':arg', a bad value).
-            text = str(error)
-            if "Error whilst parsing config file" not in text:
-                raise
-            fail(command, text.strip().splitlines()[-1])
-
-    return parse
+@contextlib.contextmanager
+def _flag_errors(command: str, argv: Sequence[str]) -> Iterator[None]:
+    """Flag errors as one line: absl's own, an unknown --config.FIELD, a config file's error."""
+    try:
+        yield
+    except flags.Error as error:
+        text = str(error)
+        if "Error whilst parsing config file" in text:
+            fail(command, _config_file_error(text))
+        fail(command, f"{text} (--helpshort lists the flags)")
+    except (AttributeError, KeyError) as error:
+        message = unknown_field_message(error, argv)
+        if message is None:
+            raise
+        fail(command, message)
+    except (TypeError, ValueError) as error:
+        if "Error whilst parsing config file" not in str(error):
+            raise
+        fail(command, _config_file_error(str(error)))
 
 
-def run_absl(main: Callable[[list[str]], Any], command: str) -> None:
-    """absl's app.run(main), with flag and user errors as one line and exit code 2."""
+def _config_file_error(text: str) -> str:
+    """ml_collections wraps the error of a config file's get_config() with its traceback; the
+    last line is the error itself ('...ConfigArgumentError: unknown config argument ...')."""
+    last = text.strip().splitlines()[-1]
+    return re.sub(r"^[\w.]+(Error|Exception): ", "", last)
+
+
+def run_absl(
+    main: Callable[[list[str]], Any],
+    command: str,
+    define_flags: Callable[[], None] | None = None,
+) -> None:
+    """absl's app.run(main), with flag and user errors as one line and exit code 2.
+    `define_flags` runs first, inside the same guard: ml_collections applies a config dict
+    flag's `--config.FIELD` overrides when the flag is defined."""
 
     def guarded_main(argv: list[str]) -> Any:
         with exit_on_user_error(command):
             return main(argv)
 
-    app.run(guarded_main, flags_parser=_flags_parser(command))
+    def parse(argv: list[str]) -> list[str]:
+        with _flag_errors(command, argv):
+            remaining = flags.FLAGS(argv)
+            _config_file_errors()
+        return remaining
+
+    if define_flags is not None:
+        with _flag_errors(command, sys.argv):
+            define_flags()
+    app.run(guarded_main, flags_parser=parse)

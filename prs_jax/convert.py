@@ -17,7 +17,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from prs_jax import models
+from prs_jax import cli, models
+from prs_jax.errors import UserError
 from prs_jax.models.timm_weights import (
     Variables,
     load_timm,
@@ -61,6 +62,8 @@ def _parse_value(text: str) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """The command; a user's mistake (a missing file, weights that do not fit the model) exits
+    2 with one line."""
     parser = argparse.ArgumentParser(
         prog="python -m prs_jax.convert",
         description="Convert timm ConViT/DeiT/ResNet weights to prs_jax and back.",
@@ -96,7 +99,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="bake the PRS conv strength (one value, or one per GPSA layer)",
     )
     args = parser.parse_args(argv)
+    with cli.exit_on_user_error("prs_jax.convert"):
+        _run(args)
 
+
+def _run(args: argparse.Namespace) -> None:
+    if not os.path.exists(args.source):
+        raise UserError(
+            f"no file or folder {args.source}: give a"
+            + (" timm state dict" if args.command == "to-prs" else " training workdir or file")
+        )
     if args.command == "to-prs":
         overrides = dict(item.split("=", 1) for item in args.set)
         model, variables = load_timm(

@@ -36,12 +36,13 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
 
-from prs_jax import data
+from prs_jax import cli, data
 from prs_jax.cpu import cpu_devices
 from prs_jax.method import schedule
 from prs_jax.training import checkpointing
 from prs_jax.training.state import TrainState, create_mesh, create_model
 from prs_jax.training.steps import evaluate, make_eval_step
+from prs_jax.training.validation import ConfigError
 
 
 def override_template() -> ml_collections.ConfigDict:
@@ -81,7 +82,7 @@ def config_for_evaluation(
     config = ml_collections.ConfigDict(run_config.to_dict())
     for name, value in overrides.items():
         if not (name.startswith("data.") or name == "eval_batch_size"):
-            raise ValueError(
+            raise ConfigError(
                 f"--config.{name}: only the data fields (--config.data.*) and"
                 " --config.eval_batch_size can change for an evaluation"
             )
@@ -105,7 +106,7 @@ def evaluate_checkpoint(
     # steps of its own train split, whatever split is evaluated now.
     run_info = info if config.data == run_config.data else data.dataset_info(run_config.data)
     if run_info.num_classes != info.num_classes:
-        raise ValueError(
+        raise ConfigError(
             f"the evaluated split has {info.num_classes} classes but the run's model was trained"
             f" on {run_info.num_classes} ({run_config.data.name}); evaluate on data with the"
             " same classes"
@@ -187,5 +188,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run_absl(main, "prs_jax.evaluate", define_flags=define_flags)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from absl import logging
 from etils import epath
 
+from prs_jax import cli
 from prs_jax.analysis.fourier import (
     COMPARE_PNG,
     FourierResult,
@@ -23,6 +24,7 @@ from prs_jax.analysis.fourier import (
     plot_high_frequency,
     write_outputs,
 )
+from prs_jax.errors import UserError
 
 
 def default_output_dir(workdir: str, step: int) -> str:
@@ -71,7 +73,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """The command; a user's mistake (a workdir without checkpoints) exits 2 with one line."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    with cli.exit_on_user_error("prs_jax.fourier"):
+        _run(args)
+
+
+def _run(args: argparse.Namespace) -> None:
 
     def analyse(workdir: str) -> FourierResult:
         result = analyse_run(
@@ -87,6 +95,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.workdir:
         analyse(args.workdir)
         return
+    missing = [run for run in args.compare if run.endswith(".npz") and not os.path.isfile(run)]
+    if missing:
+        raise UserError(f"no file {', '.join(missing)}: give fourier.npz files this command wrote")
     results = [
         FourierResult.load_npz(run) if run.endswith(".npz") else analyse(run)
         for run in args.compare

@@ -11,6 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from prs_jax import cli
 from prs_jax.analysis.study import write_study_report
 
 
@@ -27,8 +28,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="output prefix: writes PREFIX.md, .csv, .png and PREFIX_curves.csv, .md, .png",
     )
     args = parser.parse_args(argv)
-    for path in write_study_report(args.workdirs, args.out):
-        print(path)
+    with cli.exit_on_user_error("prs_jax.report"):  # e.g. a path that holds no run
+        for path in write_study_report(args.workdirs, args.out):
+            print(path)
     return 0
 
 

@@ -33,7 +33,21 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
+from prs_jax import cli
+from prs_jax.errors import UserError
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+class SweepError(UserError, ValueError):
+    """A sweep file, its runs or the command line name something that does not exist."""
+
+
+class UnknownFieldError(UserError, KeyError):
+    """An override names a field the run's config does not have."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])  # KeyError would quote the whole message
 
 
 class Run(NamedTuple):
@@ -49,7 +63,7 @@ def _load_module(path: str | os.PathLike[str]):
     if not path.is_absolute() and not path.exists():
         path = REPO_ROOT / path
     if not path.is_file():
-        raise FileNotFoundError(f"no file {path}")
+        raise SweepError(f"no file {path}: give a file relative to the repository root")
     spec = importlib.util.spec_from_file_location(f"_prs_jax_sweep_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -71,7 +85,7 @@ def load_config(config: str, overrides: Mapping[str, Any] | None = None):
         for parent in parents:
             node = node[parent]
         if leaf not in node:
-            raise KeyError(f"override {key!r}: the config {config!r} has no field {key!r}")
+            raise UnknownFieldError(f"override {key!r}: the config {config!r} has no field {key!r}")
         node[leaf] = value
     return result
 
@@ -83,7 +97,7 @@ def load_sweep(spec: str) -> list[Run]:
     names = [r.name for r in runs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise ValueError(f"sweep {spec!r} repeats run names {duplicates}")
+        raise SweepError(f"sweep {spec!r} repeats run names {duplicates}: make them unique")
     for run in runs:
         load_config(run.config, run.overrides)  # a typo fails now, not hours into the sweep
     return runs
@@ -117,7 +131,7 @@ def select_shard(runs: Sequence[Run], shard: str | None) -> list[Run]:
     index, _, count = shard.partition("/")
     index, count = int(index), int(count)
     if not 0 <= index < count:
-        raise ValueError(f"--shard={shard}: need I/N with 0 <= I < N")
+        raise SweepError(f"--shard={shard}: need I/N with 0 <= I < N")
     return list(runs)[index::count]
 
 
@@ -185,7 +199,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--python", help="interpreter of the runs (default: this one, or 'python' when printing)"
     )
     args = parser.parse_args(argv)
+    with cli.exit_on_user_error("prs_jax.sweep"):
+        return _run(args, parser, extra_args)
 
+
+def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, extra_args: list[str]) -> int:
     runs = select_shard(load_sweep(args.sweep), args.shard)
     if args.only:
         wanted = set(args.only.split(","))

@@ -18,7 +18,13 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
+from prs_jax.errors import UserError
 from prs_jax.training import metrics
+
+
+class NoRunsError(UserError, FileNotFoundError):
+    """A path given as runs holds no run workdir."""
+
 
 ACCURACY = "eval/accuracy"
 COLUMNS = (
@@ -118,8 +124,9 @@ def find_workdirs(paths: Sequence[str]) -> list[str]:
             else []
         )
         if not children:
-            raise FileNotFoundError(
-                f"{path} is not a run workdir (no config.json) nor a folder of runs"
+            raise NoRunsError(
+                f"{path} is not a run workdir (no config.json) nor a folder of runs: give the"
+                " --workdir of training runs, or a folder that holds them"
             )
         workdirs.extend(children)
     return workdirs

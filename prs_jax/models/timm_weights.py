@@ -40,6 +40,7 @@ from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
 from prs_jax import models
+from prs_jax.errors import UserError
 from prs_jax.models.vit import VIT_VARIANTS
 
 Variables = dict[str, Any]  # {'params': ..., 'batch_stats': ...} as nested dicts
@@ -52,7 +53,7 @@ HEAD_KEYS = ("head.weight", "head.bias", "fc.weight", "fc.bias")
 PRS_FORMAT = "prs_jax"  # `format` in the metadata of a prs_jax variables file
 
 
-class StateDictMismatchError(ValueError):
+class StateDictMismatchError(UserError, ValueError):
     """A state dict that does not fit the target model; lists every mismatched key."""
 
     def __init__(

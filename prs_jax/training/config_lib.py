@@ -12,6 +12,12 @@ from typing import Any
 import ml_collections
 
 from prs_jax import data
+from prs_jax.errors import UserError
+
+
+class ConfigArgumentError(UserError, ValueError):
+    """A config file's ':arg' (or a value derived from it) names nothing the file offers."""
+
 
 # The conv-strength schedules a ViT config can select by name (DESIGN.md, "The schedule is a
 # pure function"): (first_layer_switch_epoch, last_layer_switch_epoch) as fractions of training.
@@ -44,10 +50,14 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
                 parsed[key] = True
                 continue
             if "variant" not in defaults:
-                raise ValueError(f"unknown config argument {token!r}; allowed: {sorted(defaults)}")
+                raise ConfigArgumentError(
+                    f"unknown config argument {token!r}; allowed: {sorted(defaults)}"
+                )
             key, value = "variant", token
         if key not in defaults:
-            raise ValueError(f"unknown config argument {key!r}; allowed: {sorted(defaults)}")
+            raise ConfigArgumentError(
+                f"unknown config argument {key!r}; allowed: {sorted(defaults)}"
+            )
         kind = type(defaults[key])
         parsed[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
     return parsed
@@ -59,7 +69,9 @@ def set_schedule(config: ml_collections.ConfigDict, variant: str, switch: float 
     `switch` >= 0 moves the uniform variant's switch epoch.
     """
     if variant not in SCHEDULE_VARIANTS:
-        raise ValueError(f"unknown schedule {variant!r}; choose one of {sorted(SCHEDULE_VARIANTS)}")
+        raise ConfigArgumentError(
+            f"unknown schedule {variant!r}; choose one of {sorted(SCHEDULE_VARIANTS)}"
+        )
     first, last = (config.num_epochs * f for f in SCHEDULE_VARIANTS[variant])
     if variant == "uniform" and switch >= 0:
         first = last = switch
@@ -103,12 +115,16 @@ def select_variant(
         config.model.update(resnets[variant])
     else:
         choices = [*SCHEDULE_VARIANTS, "deit", *resnets]
-        raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(choices)}")
+        raise ConfigArgumentError(
+            f"unknown variant {variant!r}; choose one of {', '.join(choices)}"
+        )
 
 
 def _check_choice(value: str, choices: Iterable[str], what: str) -> None:
     if value not in choices:
-        raise ValueError(f"{what}={value!r} is not allowed; choose one of {', '.join(choices)}")
+        raise ConfigArgumentError(
+            f"{what}={value!r} is not allowed; choose one of {', '.join(choices)}"
+        )
 
 
 def model_config(name: str) -> ml_collections.ConfigDict:
