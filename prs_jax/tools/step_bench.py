@@ -58,6 +58,15 @@ def num_train_examples(config: ml_collections.ConfigDict, override: int = 0) -> 
     return data.dataset_info(config.data).num_train_examples
 
 
+def training_steps_of(
+    config: ml_collections.ConfigDict, train_examples: int
+) -> schedule.TrainingSteps:
+    """The run's length, warmup and epoch in steps, as train.py computes them."""
+    return schedule.training_steps(
+        train_examples, config.batch_size, config.num_epochs, config.optimizer.warmup_epochs
+    )
+
+
 def build_step(
     config: ml_collections.ConfigDict,
     model: Any,
@@ -67,9 +76,7 @@ def build_step(
     """train.py's run functions for `model` (same jit, shardings, donation), and its state."""
     mesh = create_mesh()
     data_sharding, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
-    steps = schedule.training_steps(
-        train_examples, config.batch_size, config.num_epochs, config.optimizer.warmup_epochs
-    )
+    steps = training_steps_of(config, train_examples)
     run = build_run_functions(config, model, num_classes, steps, mesh)
     rng = np.random.default_rng(config.seed)
     size = config.data.image_size
@@ -265,7 +272,7 @@ def input_data(config: ml_collections.ConfigDict) -> tuple[contextlib.AbstractCo
     return mock, f"{name} mocked by tfds.testing.mock_data (random images)"
 
 
-def _train_batches(
+def train_batches(
     config: ml_collections.ConfigDict, warmup: int, num_batches: int
 ) -> Iterator[dict[str, np.ndarray]]:
     """This process's train batches as train.py reads them, from a fresh iterator that is closed
@@ -294,7 +301,7 @@ def input_runner(config: ml_collections.ConfigDict, num_batches: int) -> Callabl
     after INPUT_WARMUP batches) and returns seconds per batch."""
 
     def run() -> float:
-        batches = _train_batches(config, INPUT_WARMUP, num_batches)
+        batches = train_batches(config, INPUT_WARMUP, num_batches)
         for _ in range(INPUT_WARMUP):
             next(batches)
         start = time.perf_counter()
@@ -315,7 +322,7 @@ def end_to_end_runner(
 
     def run() -> float:
         at_step(setup, step)
-        for i, batch in enumerate(_train_batches(config, INPUT_WARMUP, num_steps)):
+        for i, batch in enumerate(train_batches(config, INPUT_WARMUP, num_steps)):
             if i == INPUT_WARMUP:
                 jax.block_until_ready(setup.state)
                 start = time.perf_counter()
