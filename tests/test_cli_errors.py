@@ -31,6 +31,13 @@ def run_command(module, *args):
     )
 
 
+def run_digits(workdir, *overrides):
+    """prs_jax.main on configs/digits.py with `overrides`."""
+    return run_command(
+        "prs_jax.main", "--config", "configs/digits.py", "--workdir", workdir, *overrides
+    )
+
+
 def assert_one_line_error(result, command, *fragments):
     """Exit code 2, no traceback, and the last stderr line is `command: ...` with fragments."""
     assert result.returncode == 2, result.stderr[-3000:]
@@ -49,14 +56,7 @@ def call(main, argv, capsys):
 
 
 def test_main_an_unknown_config_field_is_one_line_with_the_did_you_mean(tmp_path):
-    result = run_command(
-        "prs_jax.main",
-        "--config",
-        "configs/digits.py",
-        "--workdir",
-        tmp_path / "run",
-        "--config.optimizer.lerning_rate=1",
-    )
+    result = run_digits(tmp_path / "run", "--config.optimizer.lerning_rate=1")
     assert_one_line_error(
         result,
         "prs_jax.main",
@@ -78,11 +78,7 @@ def test_main_a_truncated_jpeg_in_a_folder_dataset_is_one_line(tmp_path):
                 Image.new("RGB", (8, 8), (i, 0, 0)).save(folder / f"{i}.jpg")
     bad = tmp_path / "data" / "train" / "dog" / "1.jpg"
     bad.write_bytes(bad.read_bytes()[:40])
-    result = run_command(
-        "prs_jax.main",
-        "--config",
-        "configs/digits.py",
-        "--workdir",
+    result = run_digits(
         tmp_path / "run",
         "--config.data.name=image_folder",
         f"--config.data.folder_root={tmp_path / 'data'}",

@@ -1,10 +1,13 @@
 """Reliability: crashes, preemption, non-finite values, resume safety and config validation."""
 
+import json
 import logging
 import os
 import pathlib
+import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -13,7 +16,8 @@ import pytest
 
 from prs_jax import sweep
 from prs_jax.cpu import cpu_devices
-from prs_jax.training import completion, train, validation
+from prs_jax.training import completion, train, validation, workdir_lock
+from prs_jax.training import metrics as metrics_lib
 from tests.support.compile_flags import TEST_XLA_FLAGS
 from tests.support.mocked_run import TOTAL_STEPS, copy_of_run, mocked_cifar100, tiny_run_config
 from tests.test_configs import load
@@ -34,17 +38,50 @@ DIGITS_ARGS = [
 DIGITS_TOTAL_STEPS = 88
 
 
+def main_command(workdir, *extra, module="prs_jax.main"):
+    """(argv, env) of a training process on the digits."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=TEST_XLA_FLAGS, TF_CPP_MIN_LOG_LEVEL="2")
+    argv = [sys.executable, "-m", module, *DIGITS_ARGS, "--workdir", str(workdir), *extra]
+    return argv, env
+
+
 def run_main(workdir, *extra, module="prs_jax.main"):
     """Run a training process to its end (or its death); returns the completed process."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=TEST_XLA_FLAGS, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run(
-        [sys.executable, "-m", module, *DIGITS_ARGS, "--workdir", str(workdir), *extra],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    argv, env = main_command(workdir, *extra, module=module)
+    return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def start_main(workdir, *extra, module="prs_jax.main"):
+    """Start a training process; returns the running process."""
+    argv, env = main_command(workdir, *extra, module=module)
+    return subprocess.Popen(
+        argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
+
+
+def wait_for(path, process, timeout=300):
+    """Wait until `path` exists; fail early if `process` ends first."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if process.poll() is not None:
+            pytest.fail(
+                f"the process ended before {path} appeared: {process.stderr.read()[-3000:]}"
+            )
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"{path} did not appear within {timeout} s")
+        time.sleep(0.2)
+
+
+def assert_one_line_error(result, *fragments):
+    """Exit code 2, no traceback, and the last line of stderr is prs_jax.main's with fragments."""
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("prs_jax.main: "), last
+    for fragment in fragments:
+        assert fragment in last, (fragment, last)
+    return last
 
 
 def saved_steps(workdir):
@@ -66,10 +103,31 @@ def assert_same_state(a, b):
 # in between, and then trained again; the group keeps its tests on one worker.
 @pytest.fixture(scope="session")
 def uninterrupted_digits(tmp_path_factory):
+    """The digits run trained to its end in one process: the reference of the resume tests.
+
+    While it trains, held in step 5 (which changes no number), a second prs_jax.main on the same
+    workdir is started and must be refused; its outcome is kept for
+    test_a_second_run_on_the_same_workdir_is_refused_and_the_first_record_is_intact.
+    """
     workdir = tmp_path_factory.mktemp("uninterrupted")
-    result = run_main(workdir)
-    assert result.returncode == 0, result.stderr[-3000:]
-    (workdir / "stderr.txt").write_text(result.stderr)
+    pause = tmp_path_factory.mktemp("pause")
+    first = start_main(
+        workdir,
+        "--pause_at_step=5",
+        f"--pause_dir={pause}",
+        module="tests.support.interrupting_main",
+    )
+    try:
+        wait_for(pause / "paused", first)
+        second = run_main(workdir)
+    finally:
+        (pause / "resume").touch()
+    _, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr[-3000:]
+    (workdir / "stderr.txt").write_text(stderr)
+    (workdir / "second_run.json").write_text(
+        json.dumps({"returncode": second.returncode, "stderr": second.stderr, "first": first.pid})
+    )
     return workdir
 
 
@@ -81,6 +139,28 @@ def test_main_trains_on_one_cpu_device_per_core(uninterrupted_digits):
     expected = cpu_devices.device_count_for([64, 128], cpu_devices.usable_cores())
     devices = ", ".join(f"CpuDevice(id={i})" for i in range(expected))
     assert f"devices [{devices}]" in (uninterrupted_digits / "stderr.txt").read_text()
+
+
+@pytest.mark.xdist_group("digits_run")  # one worker trains the shared run
+@pytest.mark.slow  # a training process of prs_jax.main; -m 'not slow' skips it
+def test_a_second_run_on_the_same_workdir_is_refused_and_the_first_record_is_intact(
+    uninterrupted_digits,
+):
+    second = json.loads((uninterrupted_digits / "second_run.json").read_text())
+    result = subprocess.CompletedProcess([], second["returncode"], "", second["stderr"])
+    assert_one_line_error(
+        result,
+        f"workdir {uninterrupted_digits} is in use by the run of pid {second['first']} on host"
+        f" {socket.gethostname()}",
+        "another --workdir",
+    )
+    # Refused before it read data or wrote anything: the first run's record is whole, in order.
+    assert "Initialised" not in second["stderr"] and "Resumed" not in second["stderr"]
+    records = metrics_lib.read_metrics(str(uninterrupted_digits))
+    train_steps = [r["step"] for r in records if "train/loss" in r]
+    assert train_steps == sorted(set(train_steps))  # one writer: each step once, in order
+    assert train_steps[-1] == DIGITS_TOTAL_STEPS
+    assert workdir_lock.read_holder(str(uninterrupted_digits)) is None  # released at the end
 
 
 @pytest.mark.xdist_group("digits_run")  # one worker trains the shared run
@@ -96,9 +176,12 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, uninterrupted_digits, ho
         # Step 30's write was cut short: it is not a committed checkpoint.
         assert 30 not in saved_steps(tmp_path)
 
+    # The killed process's lock record is left; the rerun takes the lock over and says so.
+    left = workdir_lock.read_holder(str(tmp_path))
     resumed = run_main(tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resumed from" in resumed.stderr
+    assert f"Took over the lock of {tmp_path} from pid {left['pid']} on host" in resumed.stderr
     final = saved_state(tmp_path, DIGITS_TOTAL_STEPS)
     assert int(final["step"]) == DIGITS_TOTAL_STEPS
     assert_same_state(final, saved_state(uninterrupted_digits, DIGITS_TOTAL_STEPS))
@@ -125,6 +208,7 @@ def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path):
     )
     assert stopped.returncode == 0, stopped.stderr[-3000:]
     assert not (tmp_path / completion.FINISHED_FILE).exists()  # a sweep will resume it
+    assert f"Run stopped at step 23 of {DIGITS_TOTAL_STEPS}" in stopped.stderr
     assert saved_steps(tmp_path)[-1] == 23  # not a multiple of checkpoint_every_steps
     state = saved_state(tmp_path, 23)
     assert int(state["step"]) == 23
@@ -316,6 +400,99 @@ def test_a_runs_default_log_has_our_lines_and_clus_progress_but_no_library_chatt
     # orbax's save lines and clu's LoggingWriter echo of every scalar, as absl names the files.
     for chatter in ("checkpoint_manager.py", "atomicity.py", "logging_writer.py", "xla_bridge.py"):
         assert f" {chatter}:" not in log, chatter
+    # TensorFlow's C++ start-up notices (TF_CPP_MIN_LOG_LEVEL=2, set here, does not stop them).
+    for notice in ("oneDNN custom operations", "absl::InitializeLog()"):
+        assert notice not in log, notice
+
+
+@pytest.mark.xdist_group("digits_run")  # one worker trains the shared run
+@pytest.mark.slow  # a training process of prs_jax.main; -m 'not slow' skips it
+def test_a_run_ends_with_its_accuracy_speed_contents_and_next_commands(uninterrupted_digits):
+    log = (uninterrupted_digits / "stderr.txt").read_text()
+    head = f"] Run finished: {DIGITS_TOTAL_STEPS} steps in {uninterrupted_digits}."
+    assert head in log
+    summary = log[log.index(head) :].splitlines()[1:6]
+    evals = {
+        r["step"]: r["eval/accuracy"]
+        for r in metrics_lib.read_metrics(str(uninterrupted_digits))
+        if "eval/accuracy" in r
+    }
+    best = max(evals, key=lambda s: (evals[s], -s))
+    assert summary[0] == (
+        f"  eval top-1: final {100 * evals[88]:.2f}% at step 88,"
+        f" best {100 * evals[best]:.2f}% at step {best}"
+    )
+    assert summary[1].startswith(f"  this session: steps 0-{DIGITS_TOTAL_STEPS} in ")
+    assert " wall time; " in summary[1] and " images/s in the training loop" in summary[1]
+    assert summary[2] == (
+        "  workdir: checkpoints/ (steps 44, 70, 80, 88), metrics.jsonl, config.json, TensorBoard"
+        f" events (tensorboard --logdir {uninterrupted_digits})"
+    )
+    assert (
+        summary[3] == f"  evaluate it: python -m prs_jax.evaluate --workdir {uninterrupted_digits}"
+    )
+    assert summary[4] == (
+        f"  its Fourier spectra: python -m prs_jax.fourier --workdir {uninterrupted_digits}"
+    )
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 32 MiB tmpfs at tmp_path/disk; None where mounting is not allowed (not root, or a
+    container without CAP_SYS_ADMIN)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    try:
+        mount = ["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(disk)]
+        mounted = subprocess.run(mount, capture_output=True, check=False).returncode == 0
+    except FileNotFoundError:  # no mount command
+        mounted = False
+    yield disk if mounted else None
+    if mounted:
+        subprocess.run(["umount", "--lazy", str(disk)], check=False)
+
+
+@pytest.mark.xdist_group("digits_run")  # one worker trains the shared run
+@pytest.mark.slow  # training processes of prs_jax.main; -m 'not slow' skips it
+@pytest.mark.parametrize("fault", ["full_disk", "injected"])
+def test_a_failed_save_stops_with_one_line_and_the_rerun_resumes_bit_identically(
+    tmp_path, small_disk, uninterrupted_digits, fault
+):
+    """The checkpoint of step 20 (the second) meets a full disk: on a small filesystem filled
+    just before that save, or, where none can be mounted, with ENOSPC injected into the writes
+    of that checkpoint (tests/support/interrupting_main.py). Exactly one variant runs."""
+    if fault == "full_disk":
+        if small_disk is None:
+            pytest.skip("mounting a small filesystem is not allowed here; 'injected' runs instead")
+        workdir, filler = small_disk / "run", small_disk / "filler"
+        how = ["--fill_disk_before_save=20", f"--filler={filler}"]
+    else:
+        if small_disk is not None:
+            pytest.skip("a small filesystem could be mounted: 'full_disk' covers this")
+        workdir, filler = tmp_path / "run", None
+        how = ["--fault_before_save=20"]
+
+    failed = run_main(workdir, *how, module="tests.support.interrupting_main")
+    assert_one_line_error(
+        failed,
+        f"the checkpoint of step 20 could not be written to {workdir}/checkpoints (ENOSPC: No"
+        " space left on device); training stopped and the checkpoint of step 10 is intact. Free"
+        " space or restore write access, then rerun the same command to resume from step 10",
+    )
+    assert saved_steps(workdir) == [10]
+    assert int(saved_state(workdir, 10)["step"]) == 10  # the previous checkpoint restores
+    # orbax's unfinished folder of step 20 is left behind...
+    assert any("tmp" in p.name for p in (workdir / "checkpoints").iterdir())
+
+    if filler is not None:
+        filler.unlink()  # the user frees space
+    resumed = run_main(workdir)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Resumed from {workdir} at step 10." in resumed.stderr
+    # ...and removed when the run starts again.
+    assert all(p.name.isdigit() for p in (workdir / "checkpoints").iterdir())
+    final = saved_state(workdir, DIGITS_TOTAL_STEPS)
+    assert_same_state(final, saved_state(uninterrupted_digits, DIGITS_TOTAL_STEPS))
 
 
 @pytest.mark.slow  # a training process of prs_jax.main; -m 'not slow' skips it

@@ -24,7 +24,6 @@ class Session:
     batch_size: int  # global, images per step
     wall_seconds: float  # from the start of train_and_evaluate to the end
     loop_seconds: float  # the training loop alone: steps, evals, checkpoints
-    stopped_early: bool = False  # SIGTERM or a preemption notice
 
 
 def duration(seconds: float) -> str:
@@ -50,7 +49,7 @@ def eval_accuracies(workdir: str) -> dict[int, float]:
 
 def summary_lines(workdir: str, session: Session) -> list[str]:
     """The end-of-run summary of `workdir`, one item per line."""
-    if session.stopped_early:
+    if session.last_step < session.total_steps:  # SIGTERM or a preemption notice
         head = (
             f"Run stopped at step {session.last_step} of {session.total_steps} in {workdir};"
             " the same command resumes it."

@@ -265,7 +265,6 @@ def _train_and_evaluate(
             batch_size=config.batch_size,
             wall_seconds=time.monotonic() - started,
             loop_seconds=loop_seconds,
-            stopped_early=step < steps.total_steps,
         )
         logging.info("%s", "\n".join(run_summary.summary_lines(workdir, session)))
     return state

@@ -28,7 +28,7 @@ from absl import flags
 from etils import epath
 
 from prs_jax import cli, main
-from prs_jax.training import checkpointing, train
+from prs_jax.training import logs
 
 flags.DEFINE_enum("signal", "KILL", ["KILL", "TERM"], "Signal to send to this process.")
 flags.DEFINE_integer("at_step", 0, "Send the signal during this train step (1-based).")
@@ -67,7 +67,7 @@ def fail_writes_of_step(step: int) -> None:
     epath.Path.write_text = failing_write_text
 
 
-def install_interruptions() -> None:
+def install_interruptions(checkpointing, train) -> None:
     signum = getattr(signal, f"SIG{FLAGS.signal}")
     to_global, save = train.to_global, checkpointing.save
     train_batches = []
@@ -99,7 +99,11 @@ def install_interruptions() -> None:
 
 
 def run(argv):
-    install_interruptions()
+    # Imported here, with TensorFlow's start-up notices dropped as prs_jax.main drops them, so
+    # that this process's log is prs_jax.main's.
+    with logs.native_start_up_noise_dropped(FLAGS.library_log_level):
+        from prs_jax.training import checkpointing, train
+    install_interruptions(checkpointing, train)
     main.main(argv)
 
 
