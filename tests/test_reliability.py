@@ -1,5 +1,6 @@
 """Reliability: crashes, preemption, non-finite values, resume safety and config validation."""
 
+import errno
 import json
 import logging
 import os
@@ -9,14 +10,16 @@ import subprocess
 import sys
 import time
 
+import grain
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
 from prs_jax import sweep
 from prs_jax.cpu import cpu_devices
-from prs_jax.training import completion, train, validation, workdir_lock
+from prs_jax.training import checkpointing, completion, train, validation, workdir_lock
 from prs_jax.training import metrics as metrics_lib
 from tests.support.compile_flags import TEST_XLA_FLAGS
 from tests.support.mocked_run import TOTAL_STEPS, copy_of_run, mocked_cifar100, tiny_run_config
@@ -229,6 +232,41 @@ def mocked_cifar100_fixture():
 def finished_run(tmp_path, mocked_run, mocked_cifar100):
     """A copy of the session's tiny mocked run, for tests that resume or damage it."""
     return copy_of_run(mocked_run, str(tmp_path / "run"))
+
+
+def test_a_background_write_that_fails_is_reported_with_its_own_step(tmp_path, monkeypatch):
+    """orbax writes a checkpoint in the background; its failure surfaces at a later step, and
+    the error names the step whose checkpoint was lost, not the step that noticed."""
+    manager = checkpointing.create_checkpoint_manager(
+        str(tmp_path), checkpoint_every_steps=10, keep_checkpoints=3
+    )
+    iterator = iter(grain.MapDataset.range(8).to_iter_dataset())
+    config = ml_collections.ConfigDict({"seed": 0})
+    state = {"x": np.zeros(3, np.float32)}
+    assert checkpointing.save(manager, 10, state, iterator, config)
+    assert checkpointing.save(manager, 20, state, iterator, config)
+    assert not checkpointing.save(manager, 21, state, iterator, config)  # not a save step
+
+    def background_write_failed():  # as orbax reports a failed commit of the last save
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(manager, "check_for_errors", background_write_failed)
+    with pytest.raises(
+        checkpointing.CheckpointSaveError,
+        match=r"^the checkpoint of step 20 could not be written to .*/checkpoints \(ENOSPC: No"
+        r" space left on device\); training stopped and the checkpoint of step 10 is intact",
+    ):
+        checkpointing.save(manager, 22, state, iterator, config)
+    checkpointing.close_after_error(manager)
+
+
+def test_metrics_that_cannot_be_written_stop_with_the_step_and_the_cause():
+    writer = metrics_lib.JsonlWriter("/dev/full")  # every write: ENOSPC
+    with pytest.raises(
+        metrics_lib.MetricsWriteError,
+        match=r"the metrics of step 5 could not be written to /dev/full \(No space left on device\)",
+    ):
+        writer.write_scalars(5, {"train/loss": 1.0})
 
 
 def test_injected_nan_stops_training_and_keeps_the_last_good_checkpoint(
