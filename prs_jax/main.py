@@ -26,7 +26,7 @@ from ml_collections import config_flags
 
 from prs_jax import cli
 from prs_jax.cpu import cpu_devices
-from prs_jax.training import logs
+from prs_jax.training import logs, workdir_lock
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -87,6 +87,8 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logs.quiet_library_logs(FLAGS.library_log_level)
+    # A workdir in use: said in a second, not after the imports (train takes the lock itself).
+    workdir_lock.raise_if_held(FLAGS.workdir)
     # TensorFlow is only used for input and summaries: keep it off the accelerators (and its
     # C++ start-up notices out of the log).
     with logs.native_start_up_noise_dropped(FLAGS.library_log_level):

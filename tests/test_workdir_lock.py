@@ -56,6 +56,16 @@ def test_a_second_run_is_refused_with_the_holders_host_and_pid(tmp_path, holder)
     assert "another --workdir" in message and "\n" not in message
 
 
+def test_the_quick_look_before_the_imports_refuses_only_a_held_workdir(tmp_path, holder):
+    with pytest.raises(workdir_lock.WorkdirInUseError, match=f"pid {holder.pid}"):
+        workdir_lock.raise_if_held(str(tmp_path))
+    holder.stdin.close()
+    holder.wait(timeout=60)
+    workdir_lock.raise_if_held(str(tmp_path))  # free now
+    workdir_lock.raise_if_held(str(tmp_path / "new"))  # no workdir yet: nothing to look at
+    assert not (tmp_path / "new").exists()
+
+
 def test_a_clean_exit_releases_the_lock_and_leaves_no_holder(tmp_path, holder, caplog):
     holder.stdin.close()
     assert holder.wait(timeout=60) == 0

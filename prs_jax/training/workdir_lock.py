@@ -25,6 +25,7 @@ import fcntl
 import json
 import os
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -34,6 +35,7 @@ from prs_jax.errors import UserError
 
 LOCK_FILE = "lock.json"
 _NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
+_ATTEMPTS = 5
 
 
 class WorkdirInUseError(UserError):
@@ -74,6 +76,23 @@ def _read_fd(fd: int) -> dict[str, Any] | None:
     return _parse(os.pread(fd, 1 << 16, 0).decode("utf-8", "replace"))
 
 
+def raise_if_held(workdir: str) -> None:
+    """WorkdirInUseError if a run holds `workdir` now; creates nothing. A quick look for the
+    commands to take before their slow imports (hold() still decides, under the lock)."""
+    path = os.path.join(workdir, LOCK_FILE)
+    if "://" in workdir or not os.path.exists(path):
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # unreadable here: hold() will say what is wrong
+    try:
+        if _lock(fd, workdir, fcntl.LOCK_SH):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def hold(workdir: str, *, chief: bool = True, process_count: int = 1) -> Iterator[None]:
     """Hold `workdir`'s lock while the block runs; WorkdirInUseError at once if another run
@@ -108,21 +127,24 @@ def _agree(refused: WorkdirInUseError | None, workdir: str) -> WorkdirInUseError
     return refused
 
 
-def _lock(fd: int, workdir: str) -> bool:
+def _lock(fd: int, workdir: str, mode: int = fcntl.LOCK_EX) -> bool:
     """Lock `fd` without waiting: True if locked, False if the filesystem has no locks;
     WorkdirInUseError if another process holds it."""
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise WorkdirInUseError(
-            f"workdir {workdir} is in use by the run of {describe(_read_fd(fd))}; wait for it"
-            " to finish or stop it, or give this run another --workdir"
-        ) from None
-    except OSError as error:
-        if error.errno not in _NO_LOCKS:
-            raise
-        return False
-    return True
+    for attempt in range(_ATTEMPTS):
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if attempt + 1 < _ATTEMPTS:
+                time.sleep(0.05)  # raise_if_held's shared lock lasts microseconds; a run's, hours
+        except OSError as error:
+            if error.errno not in _NO_LOCKS:
+                raise
+            return False
+    raise WorkdirInUseError(
+        f"workdir {workdir} is in use by the run of {describe(_read_fd(fd))}; wait for it"
+        " to finish or stop it, or give this run another --workdir"
+    )
 
 
 @contextlib.contextmanager
