@@ -22,6 +22,7 @@ LEAN = (
     "prs_jax.analysis.spectra",
     "prs_jax.tools.step_bench",
     "prs_jax.tools.precision",
+    "prs_jax.tools.gpu_bench",
 )
 
 PROBE = """
