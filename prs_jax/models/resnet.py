@@ -55,11 +55,18 @@ def _conv(features: int, kernel_size: int, strides: int = 1, *, dtype: Dtype, na
 
 
 def _batch_norm(train: bool, *, dtype: Dtype, name: str, zero_scale: bool = False) -> nn.BatchNorm:
-    """BatchNorm with PyTorch's semantics: running = 0.9 running + 0.1 batch, epsilon 1e-5."""
+    """BatchNorm with PyTorch's semantics: running = 0.9 running + 0.1 batch, epsilon 1e-5, and
+    the batch variance as the mean squared deviation from the batch mean, as PyTorch computes it.
+
+    Not flax's default E[x^2] - E[x]^2 (`use_fast_variance`), which cancels in float32 where a
+    channel's mean is large against its spread: the parity harness (prs_jax.parity) measured it
+    moving a CIFAR ResNet-18's first gradient norm 3e-5 away from PyTorch's, against 7e-6 here.
+    """
     return nn.BatchNorm(
         use_running_average=not train,
         momentum=0.9,
         epsilon=1e-5,
+        use_fast_variance=False,
         scale_init=nn.initializers.zeros if zero_scale else nn.initializers.ones,
         dtype=dtype,
         param_dtype=jnp.float32,
