@@ -59,6 +59,14 @@ def _stub_torchvision() -> None:
     sys.meta_path.insert(0, Finder())
 
 
+def import_timm() -> types.ModuleType:
+    """`import timm`, with the torchvision placeholder of `_stub_torchvision` where it is missing."""
+    _stub_torchvision()
+    import timm  # pylint: disable=import-outside-toplevel
+
+    return timm
+
+
 def timm_kwargs(config: ml_collections.ConfigDict, num_classes: int) -> tuple[str, dict[str, Any]]:
     """timm's model name and arguments for the config's ViT (sizes from our named variant)."""
     fields = {**models.VIT_VARIANTS[config.model.name], **config_lib.model_overrides(config.model)}
@@ -84,16 +92,36 @@ def timm_kwargs(config: ml_collections.ConfigDict, num_classes: int) -> tuple[st
     )
 
 
+def timm_mixup(augment: ml_collections.ConfigDict, num_classes: int) -> Callable[[Any, Any], Any]:
+    """timm's Mixup (batch mode) for the config's mixing and label smoothing: (images, labels) ->
+    (images, soft targets); smoothed labels alone where nothing is mixed."""
+    from timm.data import Mixup  # pylint: disable=import-outside-toplevel
+    from timm.data.mixup import mixup_target  # pylint: disable=import-outside-toplevel
+
+    if augment.mix_prob > 0 and (augment.mixup_alpha > 0 or augment.cutmix_alpha > 0):
+        return Mixup(
+            mixup_alpha=augment.mixup_alpha,
+            cutmix_alpha=augment.cutmix_alpha,
+            prob=augment.mix_prob,
+            switch_prob=augment.switch_prob,
+            label_smoothing=augment.label_smoothing,
+            num_classes=num_classes,
+        )
+
+    # timm's Mixup refuses to be built with nothing to mix: smoothed labels only.
+    def smooth(images, labels):
+        return images, mixup_target(labels, num_classes, smoothing=augment.label_smoothing)
+
+    return smooth
+
+
 def timm_runner(
     config: ml_collections.ConfigDict, num_classes: int, num_steps: int
 ) -> tuple[Callable[[], float], str]:
     """A timm train step of the same model and recipe (mixup/cutmix, smoothing, AdamW, clip)."""
     import torch  # pylint: disable=import-outside-toplevel
 
-    _stub_torchvision()
-    import timm  # pylint: disable=import-outside-toplevel
-    from timm.data import Mixup  # pylint: disable=import-outside-toplevel
-    from timm.data.mixup import mixup_target  # pylint: disable=import-outside-toplevel
+    timm = import_timm()
     from timm.loss import SoftTargetCrossEntropy  # pylint: disable=import-outside-toplevel
     from timm.optim import create_optimizer_v2  # pylint: disable=import-outside-toplevel
 
@@ -109,21 +137,7 @@ def timm_runner(
         betas=(opt.b1, opt.b2),
         eps=opt.eps,
     )
-    augment = config.augment
-    if augment.mix_prob > 0 and (augment.mixup_alpha > 0 or augment.cutmix_alpha > 0):
-        mixup = Mixup(
-            mixup_alpha=augment.mixup_alpha,
-            cutmix_alpha=augment.cutmix_alpha,
-            prob=augment.mix_prob,
-            switch_prob=augment.switch_prob,
-            label_smoothing=augment.label_smoothing,
-            num_classes=num_classes,
-        )
-    else:  # timm's Mixup refuses to be built with nothing to mix: smoothed labels only.
-
-        def mixup(images, labels):
-            return images, mixup_target(labels, num_classes, smoothing=augment.label_smoothing)
-
+    mixup = timm_mixup(config.augment, num_classes)
     criterion = SoftTargetCrossEntropy()
     # Same hardware as ours: CUDA when JAX runs on a GPU, with bfloat16 autocast where our
     # compute dtype is bfloat16 (parameters stay float32 in both).
