@@ -4,8 +4,8 @@ The step comparison starts both sides from the same weights, so it cannot see a 
 how weights are drawn; this can. Ours are `training.state.initial_state`'s (the run's own init,
 from config.seed); timm's are its constructor's (torch.manual_seed(config.seed)), for the same
 sizes (`reference.build_model`; a ResNet with timm's default zero_init_last=True). Each tensor
-is "same" when both are the same constant, or when their std agree within sampling error (10%,
-30% under 100 elements), their means within a fifth of the std and, from 1,000 elements, their
+is "same" when both are the same constant, or when their std and means agree within three
+standard errors of a sample (at least 10% and 0.05 std) and, from 1,000 elements, their
 shapes (a uniform is not a normal of the same std); otherwise it is a difference,
 and `DECISIONS` says which it is and why it stays (or that it is undecided, which fails the
 test).
@@ -14,6 +14,7 @@ test).
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 
 import ml_collections
@@ -76,10 +77,11 @@ def same_distribution(ours: Stats, theirs: Stats) -> bool:
     if ours.std == 0 or theirs.std == 0:
         return ours.std == theirs.std and ours.low == theirs.low and ours.high == theirs.high
     size = min(ours.size, theirs.size)
-    same = (
-        abs(ours.std / theirs.std - 1) <= (0.1 if size >= 100 else 0.3)
-        and abs(ours.mean - theirs.mean) <= 0.2 * theirs.std
-    )
+    # Three standard errors of a sample's std (std / sqrt(2 n)) and of the difference of two
+    # means, with floors for large tensors.
+    same = abs(ours.std / theirs.std - 1) <= max(0.1, 3 / math.sqrt(2 * size)) and abs(
+        ours.mean - theirs.mean
+    ) <= theirs.std * max(0.05, 3 * math.sqrt(1 / ours.size + 1 / theirs.size))
     # The shape, from 1,000 elements: mean |x - mean| / std is 0.80 for a normal, 0.87 for a
     # uniform, 0.76 for a normal cut at 2 std (the largest element is too noisy a measure).
     return same and (size < 1000 or abs(ours.shape - theirs.shape) <= 0.03)
