@@ -52,6 +52,12 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_integer("torch_threads", 0, "torch.set_num_threads (0: torch's default).")
 flags.DEFINE_string("json", "", "Also write every step's row and the summary to this file.")
+flags.DEFINE_bool(
+    "float64_floor",
+    False,
+    "Also step a float64 copy of timm's model and print how far float32 timm is from it: the"
+    " rounding noise that the differences are to be read against.",
+)
 flags.DEFINE_bool("init", False, "Compare initial distributions with timm's instead.")
 flags.DEFINE_string(
     "train_reference", "", "Train timm's model in PyTorch on the config's data into this workdir."
@@ -108,7 +114,11 @@ def main(argv: list[str]) -> None:
     )
     print(harness.HEADER)
     rows = harness.compare(
-        setup, iter(batches), FLAGS.steps, lambda row: print(harness.format_row(row), flush=True)
+        setup,
+        iter(batches),
+        FLAGS.steps,
+        lambda row: print(harness.format_row(row), flush=True),
+        float64_floor=FLAGS.float64_floor,
     )
     tolerances = setup.tolerances
     failures = [
@@ -121,6 +131,11 @@ def main(argv: list[str]) -> None:
             f"up to step {limit}: loss {largest['loss']:.1e}, grad norm"
             f" {largest['grad_norm']:.1e}, params {largest['params']:.1e}, running means"
             f" {largest['batch_stats']:.1e}, running variances {largest['running_var']:.1e}"
+            + (
+                "; float32 vs float64 timm: {:.1e} / {:.1e} / {:.1e}".format(*largest["floor"])
+                if "floor" in largest
+                else ""
+            )
         )
     print(f"tolerances (step 1, later): {tolerances}")
     print("\n".join(failures[:20]) if failures else "within tolerance at every step")

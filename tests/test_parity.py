@@ -94,7 +94,8 @@ def test_training_matches_timm_step_by_step(name):
     config = make_config()
     setup = harness.build(config, num_classes(config), examples)
     batches = harness.synthetic_batches(BATCH, 16, num_classes(config), seed=1)
-    rows = harness.compare(setup, batches, steps)
+    # The ResNet also steps a float64 copy of timm's: how far float32 rounding alone goes.
+    rows = harness.compare(setup, batches, steps, float64_floor=name.startswith("resnet"))
     failures = {row.step: row.failures(setup.tolerances) for row in rows}
     report = "\n".join([harness.HEADER] + [harness.format_row(row) for row in rows])
     assert not any(failures.values()), f"{failures}\n{report}"
@@ -103,6 +104,8 @@ def test_training_matches_timm_step_by_step(name):
     if name.startswith("resnet"):
         assert max(row.batch_stats for row in rows) > 0, "BatchNorm statistics not compared"
         assert max(row.running_var for row in rows) > 0
+        # Ours is no further from timm in float32 than float32 timm is from float64 timm.
+        assert all(row.params <= max(1e-4, row.floor[2]) for row in rows), report
 
 
 def test_a_wrong_reference_is_caught():

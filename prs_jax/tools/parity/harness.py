@@ -88,6 +88,9 @@ class StepRow:
     worst_stat: str
     running_var: float
     mixing: float
+    # With a float64 copy of the reference: timm in float32 against timm in float64 (loss,
+    # gradient norm, parameters), the float32 rounding that ours is measured against.
+    floor: tuple[float, float, float] | None = None
 
     @property
     def loss_difference(self) -> float:
@@ -299,8 +302,24 @@ def compare(
     batches: Iterator[Batch],
     num_steps: int,
     on_step: Callable[[StepRow], None] = lambda row: None,
+    *,
+    float64_floor: bool = False,
 ) -> list[StepRow]:
-    """Step both sides `num_steps` times; one StepRow per step, also given to `on_step`."""
+    """Step both sides `num_steps` times; one StepRow per step, also given to `on_step`.
+
+    `float64_floor`: also step a float64 copy of the reference, and record how far timm in
+    float32 is from it (StepRow.floor): how far float32 rounding alone carries a trajectory.
+    """
+    exact = None
+    if float64_floor:
+        exact = torch_reference.ReferenceTrainer(
+            copy.deepcopy(setup.reference).double(),
+            setup.config,
+            setup.num_classes,
+            peak_learning_rate=setup.trainer.optimizer.defaults["lr"],
+            total_steps=setup.steps.total_steps,
+            warmup_steps=setup.steps.warmup_steps,
+        )
     rows = []
     for step in range(num_steps):
         batch = next(batches)
@@ -318,6 +337,18 @@ def compare(
             box=tuple(int(v) for v in draws["box"]),
         )
         theirs = setup.trainer.step(step, images, labels, draw, conv_strength)
+        floor = None
+        if exact is not None:
+            truth = exact.step(step, images.astype(np.float64), labels, draw, conv_strength)
+            rounding = tensor_differences(
+                torch_reference.state_arrays(setup.reference),
+                torch_reference.state_arrays(exact.model),
+            )
+            floor = (
+                relative(theirs.loss, truth.loss),
+                relative(theirs.grad_norm, truth.grad_norm),
+                largest({k: v for k, v in rounding.items() if not _is_stat(k)})[0],
+            )
         setup.state, metrics = setup.run.train_step(
             setup.state,
             to_global({"image": images, "label": labels}, setup.data_sharding),
@@ -326,9 +357,8 @@ def compare(
 
         ours_arrays = timm_weights.prs_to_timm(_variables(setup.state))
         theirs_arrays = torch_reference.state_arrays(setup.reference)
-        is_stat = lambda key: key.endswith(("running_mean", "running_var"))  # noqa: E731
         differences = tensor_differences(ours_arrays, theirs_arrays)
-        params = largest({k: v for k, v in differences.items() if not is_stat(k)})
+        params = largest({k: v for k, v in differences.items() if not _is_stat(k)})
         stats = largest({k: v for k, v in differences.items() if k.endswith("running_mean")})
         variances = largest({k: v for k, v in differences.items() if k.endswith("running_var")})
         mix_gap = max(
@@ -347,10 +377,15 @@ def compare(
             worst_stat=stats[1],
             running_var=variances[0],
             mixing=mix_gap,
+            floor=floor,
         )
         rows.append(row)
         on_step(row)
     return rows
+
+
+def _is_stat(key: str) -> bool:
+    return key.endswith(("running_mean", "running_var"))
 
 
 HEADER = (
@@ -371,6 +406,11 @@ def format_row(row: StepRow) -> str:
         f" {row.grad_norm_difference:>8.1e} {row.params:>9.1e} {row.batch_stats:>9.1e}"
         f" {row.running_var:>9.1e}"
         f" {row.mixing:>7.0e}  {row.worst_param}"
+        + (
+            ""
+            if row.floor is None
+            else "  float32 vs float64 timm: {:.1e} / {:.1e} / {:.1e}".format(*row.floor)
+        )
     )
 
 
@@ -386,6 +426,11 @@ def summary(rows: list[StepRow], at_steps: tuple[int, ...] = (1, 10, 100)) -> di
             "params": max(r.params for r in head),
             "batch_stats": max(r.batch_stats for r in head),
             "running_var": max(r.running_var for r in head),
+            **(
+                {"floor": [max(r.floor[i] for r in head) for i in range(3)]}
+                if head and head[0].floor is not None
+                else {}
+            ),
         }
     return out
 
