@@ -33,7 +33,9 @@ def test_last_quarter_gain_is_final_minus_the_eval_at_three_quarters(tmp_path):
     done = fabricate(str(tmp_path), "convit_lr4x", "convit,lr=4", evals, finished_step=1000)
     curve = curves.read_curve(done)
     assert curve["peak_learning_rate"] == pytest.approx(4 * 5e-4 * 128 / 512)
-    assert curve["family"] == "convit_tiny (GPSA)" and curve["total_steps"] == 1000
+    assert (
+        curve["family"] == "convit_tiny, width 128, depth 6 (GPSA)" and curve["total_steps"] == 1000
+    )
     assert curves.last_quarter_gain(curve) == pytest.approx(0.015)
     # No eval exactly at 3/4: the last one before it stands for a run stopped there.
     uneven = fabricate(str(tmp_path), "deit", "deit", {300: 0.2, 700: 0.3, 1000: 0.36}, 0, 1000)
@@ -42,10 +44,10 @@ def test_last_quarter_gain_is_final_minus_the_eval_at_three_quarters(tmp_path):
     assert curves.last_quarter_gain(curves.read_curve(running)) is None
     table = curves.gain_table([curves.read_curve(w) for w in (done, running)]).splitlines()
     assert (
-        "| convit_lr4x | convit_tiny (GPSA) | 0.0005 | 1000 | 47.50 | 47.50 | +1.50 points |"
+        "| convit_lr4x | convit_tiny, width 128, depth 6 (GPSA) | 0.0005 | 1000 | 47.50 | 47.50 | +1.50 points |"
         in (table)
     )
-    assert "| resnet | resnet18 | 0.000125 | unfinished | 50.00 | 50.00 |  |" in table
+    assert "| resnet | resnet18, width 24 | 0.000125 | unfinished | 50.00 | 50.00 |  |" in table
 
 
 def test_curves_files_hold_every_evaluation(tmp_path):

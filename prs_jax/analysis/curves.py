@@ -21,11 +21,17 @@ CURVE_COLUMNS = ("run", "family", "peak_learning_rate", "step", "accuracy", "los
 
 
 def family(config: dict[str, Any]) -> str:
-    """The model family whose learning rate one study picks: a GPSA ViT, a plain ViT, a ResNet."""
-    row_like = {"model": config["model"]["name"], "schedule": report.schedule_kind(config)[0]}
-    if row_like["schedule"] != "none":
-        return f"{row_like['model']} (GPSA)"
-    return row_like["model"]
+    """The model family whose learning rate one study picks: a GPSA ViT, a plain ViT, a ResNet;
+    named with the sizes the config sets over the named model's (configs/cifar10.py's ConViT is
+    `convit_tiny` at width 128 and depth 6)."""
+    model = config["model"]
+    sizes = [
+        f"{label} {model[key]}"
+        for key, label in (("hidden_size", "width"), ("width", "width"), ("depth", "depth"))
+        if model.get(key) is not None
+    ]
+    name = ", ".join([model["name"], *sizes])
+    return f"{name} (GPSA)" if report.schedule_kind(config)[0] != "none" else name
 
 
 def peak_learning_rate(config: dict[str, Any]) -> float:
