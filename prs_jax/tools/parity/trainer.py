@@ -35,7 +35,7 @@ from absl import logging
 from prs_jax.data import sources, train_examples
 from prs_jax.method import schedule
 from prs_jax.tools.parity import reference as torch_reference
-from prs_jax.tools.timm_bench import timm_mixup
+from prs_jax.tools.timm_bench import import_timm, timm_mixup
 from prs_jax.training.state import create_model
 
 
@@ -52,6 +52,30 @@ class _Images:
     def __getitem__(self, index: int):
         record = self.source[index]
         return self.transform(np.asarray(record["image"], np.uint8)), int(record["label"])
+
+
+def _posterize_zero_bits_as_black() -> None:
+    """timm's increasing Posterize keeps 4 - 4m bits, so 0 at the top of the magnitude noise;
+    Pillow < 13, which timm was written against, gave a black image for 0 bits, and Pillow 13
+    raises instead. Give timm the old behaviour (prs_jax.data.randaugment does the same), so that
+    a reference run neither fails nor differs from the recipe it was published with."""
+    from PIL import Image  # pylint: disable=import-outside-toplevel
+    from timm.data import auto_augment  # pylint: disable=import-outside-toplevel
+
+    original = auto_augment.posterize
+    if getattr(original, "zero_bits_black", False):
+        return
+
+    def posterize(img, bits_to_keep, **kwargs):
+        if bits_to_keep <= 0:
+            return Image.new(img.mode, img.size)
+        return original(img, bits_to_keep, **kwargs)
+
+    posterize.zero_bits_black = True
+    auto_augment.posterize = posterize
+    for name, op in list(auto_augment.NAME_TO_OP.items()):
+        if op is original:
+            auto_augment.NAME_TO_OP[name] = posterize
 
 
 def _transforms(config: ml_collections.ConfigDict):
@@ -73,6 +97,7 @@ def _transforms(config: ml_collections.ConfigDict):
         policy += "-inc1"
     # timm's transforms_factory: translate by 45% of the size, fill with the mean colour.
     hparams = dict(translate_const=int(size * 0.45), img_mean=tuple(round(255 * x) for x in mean))
+    _posterize_zero_bits_as_black()
     augment = rand_augment_transform(policy, hparams) if data.randaugment_num_ops else None
     erase = RandomErasing(data.random_erasing_prob, mode="pixel", max_count=1, device="cpu")
 
@@ -121,6 +146,8 @@ def train(
 ) -> dict[str, Any]:
     """Train timm's model of `config` in PyTorch; `max_*` cut a run short (tests)."""
     import torch  # pylint: disable=import-outside-toplevel
+
+    import_timm()  # first: timm's own imports need the torchvision placeholder where it is missing
     from timm.loss import SoftTargetCrossEntropy  # pylint: disable=import-outside-toplevel
     from timm.optim import create_optimizer_v2  # pylint: disable=import-outside-toplevel
     from timm.scheduler import CosineLRScheduler  # pylint: disable=import-outside-toplevel
