@@ -53,9 +53,7 @@ class Tolerances:
     (loss) and 1e-4 (parameters) for the ViTs. The bounds leave 10x to 100x room and stay at or
     below what a wrong recipe gives (a plain AdamW on the resting content path: 7e-4 on qk six
     steps after the switch, tests/test_parity.py; flax's fast BatchNorm variance: 3e-5 on the
-    first gradient norm, 1e-1 on BatchNorm offsets). ResNets: a BatchNorm offset starts at 0 and its
-    gradient, a sum over B H W values that nearly cancel, carries a larger relative rounding
-    error, which Adam passes to its step: `build` allows 2e-2 there after step 1.
+    first gradient norm, 1e-1 on BatchNorm offsets). ResNets: see RESNET_TOLERANCES.
     """
 
     loss: tuple[float, float] = (1e-5, 1e-4)
@@ -266,7 +264,7 @@ def build(config: ml_collections.ConfigDict, num_classes: int, num_train_example
     mix_draws = jax.jit(
         functools.partial(_mix_draws, num_classes=num_classes, augment=config.augment)
     )
-    return Setup(
+    setup = Setup(
         config,
         model,
         run,
@@ -277,11 +275,24 @@ def build(config: ml_collections.ConfigDict, num_classes: int, num_train_example
         num_classes,
         mix_draws,
         NamedSharding(mesh, P("data")),
-        Tolerances(
-            params=(1e-4, 2e-2) if isinstance(model, resnet.ResNet) else Tolerances.params,
-            running_var_factor=_running_var_factor(model, config),
-        ),
+        RESNET_TOLERANCES if isinstance(model, resnet.ResNet) else Tolerances(),
     )
+    setup.tolerances = dataclasses.replace(
+        setup.tolerances, running_var_factor=_running_var_factor(model, config)
+    )
+    return setup
+
+
+# A BatchNorm ResNet's float32 trajectory departs from the exact one within tens of steps: a
+# BatchNorm offset starts at 0 and its gradient, a sum over B H W values that nearly cancel,
+# carries a large relative rounding error, which Adam passes to its step. Measured with
+# --float64_floor on configs/cifar10.py:resnet at batch 32, timm in float32 against timm in
+# float64 reaches, by step 100: loss 3e-4, gradient norm 3e-2, parameters 2.2e-1 and running
+# means 5e-3, as far as ours is from timm in float32 (5e-4, 3e-2, 2.1e-1, 5e-3). After step 1 the ResNet's bounds are that noise, not a
+# closer agreement than PyTorch has with itself; step 1 keeps the strict ones.
+RESNET_TOLERANCES = Tolerances(
+    loss=(1e-5, 1e-3), grad_norm=(1e-4, 5e-2), params=(1e-4, 5e-1), batch_stats=(1e-4, 5e-2)
+)
 
 
 def _running_var_factor(model: Any, config: ml_collections.ConfigDict) -> float:

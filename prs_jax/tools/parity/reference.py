@@ -146,7 +146,7 @@ class ConvStrength:
     def set(self, conv_strength: Sequence[float]) -> None:
         import torch  # pylint: disable=import-outside-toplevel
 
-        self.values.copy_(torch.as_tensor(np.asarray(conv_strength, np.float32)))
+        self.values.copy_(torch.tensor(np.asarray(conv_strength, np.float32)))
 
 
 def _prs_attention(attention, convit_attention, strengths, layer, x):
