@@ -392,7 +392,10 @@ def test_command_line_compares_runs_on_one_depth_plot(tiny_run, tmp_path):
 
 
 @pytest.mark.xdist_group("fourier_run")
-def test_command_line_names_the_steps_when_one_is_missing(tiny_run):
+def test_command_line_names_the_steps_when_one_is_missing(tiny_run, capsys):
     workdir, _ = tiny_run
-    with pytest.raises(ValueError, match="no checkpoint at step 12345"):
+    with pytest.raises(SystemExit) as exit_info:  # a user error: one line, exit 2 (prs_jax.cli)
         fourier.main(["--workdir", workdir, "--step", "12345"])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("prs_jax.fourier: ") and "no checkpoint at step 12345" in line
