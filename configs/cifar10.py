@@ -41,8 +41,8 @@ Models: ConViT width 128, depth 6, 4 heads (head dim 32), the first 4 blocks GPS
 Hardware: a 2-core AMD EPYC CPU (JAX 0.10.2, float32, one device per core): 7-9.5 minutes per
 ViT run, 8.5-11.5 for the ResNet. The default 600 steps do not converge: the ConViT at
 fraction=0.1 reaches 53.06% with steps=6000 (configs/sweeps/cifar10_curves.py, seed 0, its last
-quarter adding 0.9 points; 76 minutes beside other work), and the converged study's rate and
-length are being chosen from those curves. Expected top-1 on the validation split at
+quarter adding 0.9 points; 76 minutes beside other work) and 60.50% with steps=6000,lr=4 (48
+minutes), and the converged study's rate and length are being chosen from those curves. Expected top-1 on the validation split at
 fraction=0.1 at 600 steps (mean of 2 seeds): resnet 38.0% (before the BatchNorm variance fix),
 prs 31.9%, uniform 31.7%, convit 31.4%, deit 29.6%, each within about 0.4 points between seeds
 (1.5 for the ResNet). With steps=1800 (22-28 minutes, seed 0):
