@@ -98,7 +98,12 @@ from prs_jax.tools.step_bench import (
     train_runner,
 )
 from prs_jax.tools.timing import Timing, compile_events, race
-from prs_jax.tools.timm_bench import timm_available, timm_runner
+from prs_jax.tools.timm_bench import (
+    profile_timm,
+    timm_available,
+    timm_runner,
+    torch_matmul_rate,
+)
 from prs_jax.training import config_lib
 from prs_jax.training.state import create_model
 
@@ -287,6 +292,14 @@ def main(argv: list[str]) -> None:
         " best of 3 per round):"
         f" {matmul_rate / 1e9:.1f} GFLOP/s  [min {rates.min():.1f}, max {rates.max():.1f}]"
     )
+    if "timm" in timings and jax.default_backend() == "cpu":
+        # timm's matmuls run on torch's BLAS, not XLA's: the two libraries' rates on this CPU,
+        # whose ratio moves ours / timm from machine to machine (README, "Performance").
+        torch_rate, torch_note = torch_matmul_rate(size)
+        print(
+            f"matmul rate, torch ({size}^3 float32, {torch_note}, best of 5):"
+            f" {torch_rate / 1e9:.1f} GFLOP/s; XLA / torch: {matmul_rate / torch_rate:.2f}"
+        )
     print(
         f"\ntimed over {FLAGS.repeats} rounds x {FLAGS.steps} steps, median [min, max];"
         " host page faults per round:"
@@ -338,6 +351,10 @@ def main(argv: list[str]) -> None:
                         setup, step, FLAGS.steps, matmul_rate, len(devices), FLAGS.profile_dir
                     )
                 )
+        if "timm" in timings:
+            # The same split for timm, so that the two steps can be compared part by part.
+            print(f"\nprofile, timm ({FLAGS.steps} steps, torch.profiler):")
+            print(profile_timm(config, num_classes, FLAGS.steps, matmul_rate))
     print(f"\npeak host memory (RSS): {gib(peak_host_memory_bytes())}")
     device_peak = device_peak_bytes()
     if device_peak is not None:

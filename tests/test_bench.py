@@ -105,6 +105,43 @@ def test_timm_arguments_match_our_convit_tiny():
     assert kwargs["drop_path_rate"] == config.model.drop_path_rate
 
 
+def test_timm_profile_counts_each_matmul_once_and_splits_off_the_elementwise_work():
+    """A two-layer MLP's train step, whose matmul FLOPs are known: forward x W1 and h W2,
+    backward the two weight gradients and the gradient into h (the input needs none). A profile
+    that counted aten::matmul or aten::linear beside the aten::mm they call would double it."""
+    torch = pytest.importorskip("torch")
+    batch, inputs, hidden, outputs = 64, 32, 48, 16
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(inputs, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, outputs)
+    )
+    x = torch.randn(batch, inputs)
+
+    def step():
+        model.zero_grad()
+        model(x).square().mean().backward()
+
+    profile = timm_bench.profile_timm_step(step, num_steps=3)
+    products = batch * (inputs * hidden + hidden * outputs)
+    expected = 2 * (2 * products + batch * hidden * outputs)
+    # torch's addmm formula also counts the bias add: under 1% here.
+    assert profile.matmul_flops == pytest.approx(expected, rel=0.01)
+    assert profile.matmul_s > 0
+    assert {"aten::gelu", "aten::gelu_backward"} <= set(profile.other_s)
+    assert not set(profile.other_s) & set(timm_bench.TORCH_MATMUL_OPS)
+    # Own times never overlap, so together they fit in the wall time.
+    assert profile.matmul_s + sum(profile.other_s.values()) <= profile.wall_s * 1.05
+
+
+def test_torch_matmul_rate_is_flops_over_the_best_time(monkeypatch):
+    pytest.importorskip("torch")
+    # A clock whose successive timed matmuls take 0.5, 0.25 and 1 s: the best is 0.25 s.
+    ticks = iter([0.0, 0.5, 10.0, 10.25, 20.0, 21.0])
+    monkeypatch.setattr(timm_bench.time, "perf_counter", lambda: next(ticks))
+    rate, note = timm_bench.torch_matmul_rate(64, repeats=3)
+    assert rate == pytest.approx(2 * 64**3 / 0.25) and "threads" in note
+
+
 def test_the_contenders_are_alternated_round_by_round():
     calls = []
     contenders = {

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.abc
 import importlib.machinery
 import importlib.util
+import math
 import sys
 import time
 import types
@@ -115,10 +117,11 @@ def timm_mixup(augment: ml_collections.ConfigDict, num_classes: int) -> Callable
     return smooth
 
 
-def timm_runner(
-    config: ml_collections.ConfigDict, num_classes: int, num_steps: int
-) -> tuple[Callable[[], float], str]:
-    """A timm train step of the same model and recipe (mixup/cutmix, smoothing, AdamW, clip)."""
+def timm_step(
+    config: ml_collections.ConfigDict, num_classes: int
+) -> tuple[Callable[[], None], Callable[[], None], str]:
+    """A timm train step of the same model and recipe (mixup/cutmix, smoothing, AdamW, clip):
+    (step, synchronize, description), warmed up by two steps."""
     import torch  # pylint: disable=import-outside-toplevel
 
     timm = import_timm()
@@ -170,14 +173,6 @@ def timm_runner(
     for _ in range(2):
         step()
     synchronize()
-
-    def run() -> float:
-        start = time.perf_counter()
-        for _ in range(num_steps):
-            step()
-        synchronize()
-        return (time.perf_counter() - start) / num_steps
-
     where = (
         f"on {torch.cuda.get_device_name(device)}"
         if device.type == "cuda"
@@ -188,7 +183,109 @@ def timm_runner(
         f" torch {torch.__version__}, {where}"
         f"{', bfloat16 autocast' if config.model.dtype == 'bfloat16' else ''}"
     )
+    return step, synchronize, description
+
+
+def timm_runner(
+    config: ml_collections.ConfigDict, num_classes: int, num_steps: int
+) -> tuple[Callable[[], float], str]:
+    """(callable returning seconds per timm train step over `num_steps` steps, description)."""
+    step, synchronize, description = timm_step(config, num_classes)
+
+    def run() -> float:
+        start = time.perf_counter()
+        for _ in range(num_steps):
+            step()
+        synchronize()
+        return (time.perf_counter() - start) / num_steps
+
     return run, description
+
+
+# aten operators that run a matmul (torch.profiler counts their FLOPs): what the CPU spends at
+# the matmul library's rate; everything else is elementwise, reduction and copy work.
+TORCH_MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::convolution")
+
+
+@dataclasses.dataclass(frozen=True)
+class TimmProfile:
+    """Per train step: wall seconds, seconds and FLOPs in matmuls, own seconds of every other
+    aten operator."""
+
+    wall_s: float
+    matmul_s: float
+    matmul_flops: float
+    other_s: dict[str, float]
+
+
+def profile_timm_step(step: Callable[[], None], num_steps: int) -> TimmProfile:
+    """Profile `num_steps` calls of a torch train step twice: once counting FLOPs (torch's FLOP
+    counter records shapes, which doubled the step time of ConViT-Ti on a 2-core CPU) and once
+    for the times alone (4% above the unprofiled step there)."""
+    from torch import profiler  # pylint: disable=import-outside-toplevel
+
+    def trace(with_flops: bool) -> tuple[Any, float]:
+        start = time.perf_counter()
+        with profiler.profile(
+            activities=[profiler.ProfilerActivity.CPU], with_flops=with_flops
+        ) as prof:
+            for _ in range(num_steps):
+                step()
+        return prof.key_averages(), (time.perf_counter() - start) / num_steps
+
+    counted, _ = trace(with_flops=True)
+    timed, wall = trace(with_flops=False)
+    matmul_flops = sum(event.flops for event in counted) / num_steps
+    matmul_s, other_s = 0.0, {}
+    # Self time: an operator's time less that of the operators it calls, so nothing counts twice.
+    for event in timed:
+        seconds = event.self_cpu_time_total / 1e6 / num_steps
+        if event.key in TORCH_MATMUL_OPS:
+            matmul_s += seconds
+        else:
+            other_s[event.key] = other_s.get(event.key, 0.0) + seconds
+    return TimmProfile(wall, matmul_s, matmul_flops, other_s)
+
+
+def profile_timm(
+    config: ml_collections.ConfigDict, num_classes: int, num_steps: int, matmul_rate: float
+) -> str:
+    """Where timm's train step spends its time, split as `--profile` splits ours: matmuls with
+    their FLOP rate against the yardstick `matmul_rate` (FLOP/s, all cores), and the largest
+    other operators by their own time."""
+    step, synchronize, _ = timm_step(config, num_classes)
+    profile = profile_timm_step(step, num_steps)
+    synchronize()
+    other_s = sum(profile.other_s.values())
+    rate = profile.matmul_flops / profile.matmul_s if profile.matmul_s else 0.0
+    lines = [
+        f"time per step: {profile.wall_s * 1e3:.1f} ms (profiled)",
+        f"  matmuls (aten mm/addmm/bmm)      {profile.matmul_s * 1e3:8.1f} ms"
+        f"  {profile.matmul_flops / 1e9:.1f} GFLOP at {rate / 1e9:.1f} GFLOP/s"
+        f" = {rate / matmul_rate:.0%} of the (XLA) matmul rate",
+        f"  other operators (own time)       {other_s * 1e3:8.1f} ms",
+        f"  outside operators (Python)       {(profile.wall_s - profile.matmul_s - other_s) * 1e3:8.1f} ms",
+        "  largest other operators:",
+    ]
+    for key, seconds in sorted(profile.other_s.items(), key=lambda item: -item[1])[:10]:
+        lines.append(f"    {seconds * 1e3:8.1f} ms  {key}")
+    return "\n".join(lines)
+
+
+def torch_matmul_rate(size: int, repeats: int = 5) -> tuple[float, str]:
+    """(FLOP/s of torch's n^3 float32 matmul on all its threads, best of `repeats`; description):
+    the yardstick of the library that timm's matmuls run on, beside XLA's."""
+    import torch  # pylint: disable=import-outside-toplevel
+
+    generator = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(size, size, generator=generator) for _ in range(2))
+    a @ b  # pylint: disable=pointless-statement
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b  # pylint: disable=pointless-statement
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best, f"torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def timm_available() -> str | None:
