@@ -3,7 +3,20 @@ r"""Relative log-amplitude spectra of a run's feature maps (Park & Kim 2022; prs
 python -m prs_jax.fourier --workdir DIR [--step N] [--num_images N]
     writes DIR/fourier/step_<N>/{fourier.npz, spectra.png, high_frequency.png}
 python -m prs_jax.fourier --compare RUN [RUN ...] --output_dir OUT
-    RUN is a workdir (analysed as above) or a fourier.npz; writes OUT/high_frequency_compare.png
+    RUN is a workdir (analysed as above) or a fourier.npz; writes
+    OUT/high_frequency_compare.png  the high-frequency value against normalised depth, per run
+    OUT/high_frequency_compare.csv  one row per run: label, workdir, checkpoint step, schedule,
+                                    switch point (fraction of the run; empty without GPSA
+                                    layers), the mean high-frequency value over blocks, final
+                                    and best validation top-1 (from WORKDIR/metrics.jsonl)
+    OUT/high_frequency_compare.md   the same as a Markdown table (top-1 in %)
+    OUT/interpolation.png           with two or more runs that have a switch point: (a) the
+                                    mean high-frequency value and (b) the final top-1 against
+                                    it, ResNet and DeiT as horizontal lines
+    A fourier.npz at its default place, WORKDIR/fourier/step_<N>/, has WORKDIR's accuracies;
+    one elsewhere has none. prs_jax.analysis.interpolation defines the switch point (ConViT 0,
+    conv "never" = 1, PRS the mean over its GPSA layers) and spectra.mean_high_frequency the
+    value.
 """
 
 from __future__ import annotations
@@ -17,6 +30,7 @@ from absl import logging
 from etils import epath
 
 from prs_jax import cli
+from prs_jax.analysis import interpolation
 from prs_jax.analysis.fourier import (
     COMPARE_PNG,
     FourierResult,
@@ -29,6 +43,16 @@ from prs_jax.errors import UserError
 
 def default_output_dir(workdir: str, step: int) -> str:
     return os.path.join(workdir, "fourier", f"step_{step}")
+
+
+def npz_workdir(npz_path: str) -> str | None:
+    """The run of a fourier.npz at its default place (WORKDIR/fourier/step_<N>/, a WORKDIR with
+    config.json); None for one elsewhere."""
+    path = epath.Path(npz_path)
+    step_dir = path.parent
+    workdir = step_dir.parent.parent
+    at_default_place = step_dir.name.startswith("step_") and step_dir.parent.name == "fourier"
+    return str(workdir) if at_default_place and (workdir / "config.json").exists() else None
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -102,10 +126,12 @@ def _run(args: argparse.Namespace) -> None:
         FourierResult.load_npz(run) if run.endswith(".npz") else analyse(run)
         for run in args.compare
     ]
+    workdirs = [npz_workdir(run) if run.endswith(".npz") else run for run in args.compare]
     epath.Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     path = os.path.join(args.output_dir, COMPARE_PNG)
     plot_high_frequency(results, path)
-    print(f"compared {len(results)} runs: {path}")
+    paths = [path, *interpolation.write_comparison(results, workdirs, args.output_dir)]
+    print(f"compared {len(results)} runs: {', '.join(paths)}")
 
 
 if __name__ == "__main__":

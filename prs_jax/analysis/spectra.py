@@ -164,6 +164,23 @@ def high_frequency(spectra: np.ndarray) -> np.ndarray:
     return np.where(lengths > 1, values, np.nan).astype(np.float32)
 
 
+def mean_high_frequency(spectra: np.ndarray) -> float:
+    """The mean over blocks of `high_frequency(spectra)`, the blocks without one (NaN) skipped;
+    NaN when no block has one.
+
+    One number for where a model sits between a CNN and a ViT (the switch-point study of
+    prs_jax.analysis.interpolation): Park & Kim find that convolutions and MLPs raise the
+    high-frequency value and self-attention lowers it (Fig. 2b, 8), so a model whose GPSA
+    layers stay convolutions longer should sit higher. The mean over every block, not one
+    block's value, because the whole profile moves: it is the mean height of the high-frequency
+    profile plot over normalised depth (blocks evenly spaced), so models of different depths
+    (a ResNet, a ViT) compare on one scale, and it is steadier than any single block.
+    """
+    values = high_frequency(spectra)
+    finite = values[np.isfinite(values)]
+    return float(np.mean(finite, dtype=np.float64)) if finite.size else float("nan")
+
+
 def normalised_depth(num_blocks: int) -> np.ndarray:
     """f32[num_blocks] from 0 (the embedding) to 1 (the last block)."""
     return np.linspace(0.0, 1.0, num_blocks, dtype=np.float32) if num_blocks > 1 else np.zeros(1)
