@@ -288,6 +288,17 @@ def test_report_lists_a_run_without_evals_with_empty_accuracies(tmp_path):
         report_lib.find_workdirs([str(tmp_path / "nothing")])
 
 
+def test_report_wall_time_adds_up_the_processes_of_a_resumed_run(tmp_path):
+    workdir = fabricate_run(str(tmp_path), "resumed", "prs", 0.1, {300: 0.5})
+    # One process reported at 60 and 600 s of uptime and was killed; the resumed one at 70 and
+    # 900 s: 1,500 s in all (the last process alone would say 900).
+    with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+        for step, uptime in ((100, 60.0), (1000, 600.0), (1100, 70.0), (2000, 900.0)):
+            f.write(json.dumps({"step": step, "uptime": uptime, "steps_per_sec": 2.0}) + "\n")
+    assert report_lib.read_run(workdir)["wall_time_s"] == pytest.approx(1500.0)
+    assert report_lib.wall_time_s([{"step": 1}]) is None
+
+
 def test_parse_arg_of_sweep_files_rejects_unknown_arguments():
     with pytest.raises(ValueError, match="unknown config argument 'ratio'"):
         sweep.load_sweep("configs/sweeps/data_ratios.py:ratio=0.1")

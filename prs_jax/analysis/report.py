@@ -95,9 +95,7 @@ def read_run(workdir: str) -> dict[str, Any]:
         "best_accuracy": None,
         "best_step": None,
         "seed": config.get("seed"),
-        # clu's ReportProgress logs the process's uptime with its steps/s: the run's wall time
-        # (of its last process, for a resumed run).
-        "wall_time_s": max((r["uptime"] for r in records if "uptime" in r), default=None),
+        "wall_time_s": wall_time_s(records),
         # Runs with equal variants differ only in their seed: the summary averages those alone.
         "variant": json.dumps({k: v for k, v in config.items() if k != "seed"}, sort_keys=True),
     }
@@ -105,6 +103,21 @@ def read_run(workdir: str) -> dict[str, Any]:
         best_step, best = max(evals, key=lambda e: (e[1], -e[0]))  # earliest of equal bests
         row.update(best_accuracy=best, best_step=best_step)
     return row
+
+
+def wall_time_s(records: Sequence[dict[str, Any]]) -> float | None:
+    """Seconds that the processes which trained a run spent, together: clu's ReportProgress logs
+    each process's uptime with its steps/s, and a resumed run's uptime starts again from 0, so
+    each drop closes a process's share. The time from a killed process's last report to its end
+    is not counted (it is not recorded)."""
+    total, last = 0.0, None
+    for record in records:
+        if "uptime" not in record:
+            continue
+        if last is not None and record["uptime"] < last:
+            total += last
+        last = record["uptime"]
+    return None if last is None else total + last
 
 
 def find_workdirs(paths: Sequence[str]) -> list[str]:
