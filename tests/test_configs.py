@@ -423,3 +423,63 @@ def test_cifar10_curves_vary_only_the_rate_per_family_and_evaluate_every_250_ste
         assert config.eval_every_epochs * steps_per_epoch == pytest.approx(250)
     with pytest.raises(ValueError, match="lr=0.0; must be a positive multiple"):
         load("cifar10")("convit,lr=0")
+
+
+def _study_module():
+    spec = importlib.util.spec_from_file_location(
+        "cifar10_study", CONFIG_DIR / "sweeps" / "cifar10_study.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cifar10_study_seed0_runs_are_the_curves_at_each_chosen_rate():
+    """The sweep skips a run whose workdir finished with the same config, so the study's seed-0
+    run of a family must be its curve at the chosen rate: same name, same resolved config."""
+    from prs_jax import sweep
+
+    study = _study_module()
+    curves = {r.name: r for r in sweep.load_sweep("configs/sweeps/cifar10_curves.py")}
+    runs = {r.name: r for r in sweep.load_sweep("configs/sweeps/cifar10_study.py")}
+    chosen = {f: k for f, k in study.RATE_MULTIPLE.items() if k is not None}
+    assert chosen, "no family's rate is chosen: the study would run nothing"
+    for model, family in (("convit", "gpsa"), ("deit", "deit"), ("resnet", "resnet")):
+        if family not in chosen:
+            assert not [name for name in runs if name.startswith(f"{model}_")]
+            continue
+        name = f"{model}_lr{chosen[family]:g}x_data010_seed0"
+        assert name in runs and name in curves
+        assert sweep.load_config(runs[name].config, runs[name].overrides) == sweep.load_config(
+            curves[name].config, curves[name].overrides
+        )
+
+
+def test_cifar10_study_runs_share_the_budget_and_a_rate_per_family_in_priority_order():
+    from prs_jax import sweep
+
+    study = _study_module()
+    runs = sweep.load_sweep("configs/sweeps/cifar10_study.py")
+    names = [r.name for r in runs]
+    assert len(set(names)) == len(names)
+    fractions = []
+    for run in runs:
+        config = sweep.load_config(run.config, run.overrides)
+        model = run.name.split("_")[0]
+        multiple = study.RATE_MULTIPLE[study.FAMILY[model]]
+        assert multiple is not None
+        assert config.optimizer.learning_rate_per_512 == pytest.approx(5e-4 * multiple)
+        epoch_steps = load_module("cifar10").train_examples(config.data.train_fraction) // 128
+        assert config.num_epochs * epoch_steps == pytest.approx(study.STEPS)
+        fractions.append(config.data.train_fraction)
+        if "_at" in run.name:  # the switch sweep: every GPSA layer at the same fraction of the run
+            at = int(run.name.split("_at")[1][:3]) / 100
+            assert config.schedule.first_layer_switch_epoch == pytest.approx(at * config.num_epochs)
+            assert config.schedule.last_layer_switch_epoch == pytest.approx(at * config.num_epochs)
+            assert config.seed == 0 and config.data.train_fraction == 0.1
+    # 10% (the comparison with 3 seeds, then the switch sweep) before the other data ratios.
+    first_other = next(i for i, f in enumerate(fractions) if f != 0.1)
+    assert set(fractions[:first_other]) == {0.1} and 0.1 not in fractions[first_other:]
+    if study.RATE_MULTIPLE["gpsa"] is not None:
+        seeds = {int(n[-1]) for n in names if n.startswith("prs_") and "_data010_" in n}
+        assert seeds == {0, 1, 2}

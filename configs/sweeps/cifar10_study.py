@@ -1,0 +1,80 @@
+r"""The converged study on CIFAR-10 folders (configs/cifar10.py), at the budget and rates that the
+learning curves chose (configs/sweeps/cifar10_curves.py), on a 2-core CPU.
+
+  python -m prs_jax.sweep configs/sweeps/cifar10_study.py --root ~/runs/c10_study --dry_run
+  python -m prs_jax.sweep configs/sweeps/cifar10_study.py --root ~/runs/c10_study
+  python -m prs_jax.report --workdirs ~/runs/c10_study --out results/cifar10/study/report
+
+The curves sweep shares the root: its seed-0 runs at a family's chosen rate are the study's
+seed-0 runs of that family (the same name, the same config), so the sweep finds them finished.
+
+Budget: 6,000 optimizer steps of batch 128 (768,000 images presented) for every model, ratio and
+seed, with the cosine schedule over the whole run, 24 evaluations on the validation split (every
+250 steps: every run is a learning curve). The curves at 10% show the last quarter of the run
+adding at most about 1 point at that length (ConViT: +0.90 at the DeiT rule's rate, +0.88 at 4x).
+Equal steps at every ratio is ConViT's protocol: the same images presented whatever the ratio.
+
+Rates, as multiples K of the DeiT rule's 5e-4 x 128 / 512 (`lr=K`), one per model family and
+chosen on the validation split alone: `RATE_MULTIPLE` below, with the curves that chose it. The
+GPSA family's rate serves every schedule (ConViT, uniform switch, PRS, the switch sweep and the
+pure-conv variant): never tuned for PRS alone.
+
+Runs, named MODEL_lrKx_dataPCT_seedS, in the order that answers the study's questions soonest:
+  1. 10%: ConViT, uniform switch (at 1/3 of the run) and PRS, then the DeiT twin and
+     ResNet-18, seed 0, then seeds 1 and 2 (item 2 of the issue: 5 models x 3 seeds).
+  2. 10%, seed 0: the uniform switch at 1/4, 1/2 and 3/4 of the run (`uniform_at025` ...) and
+     never (`conv`); ConViT is the switch at 0. Whether the Fourier profile moves from the ViT's
+     to the CNN's as the switch comes later.
+  3. 5% and 100%, seed 0, the five models: the data scale.
+Families whose rate is not chosen yet (their curves still training) are left out, so that the
+sweep never runs at a rate the evidence has not picked; `MISSING` names them.
+"""
+
+from prs_jax.sweep import Run
+from prs_jax.training import config_lib
+
+STEPS, EVALS = 6000, 24
+# Chosen rate multiple per family (configs/sweeps/cifar10_curves.py, validation split, seed 0,
+# final top-1 at 6,000 steps; the rule: the best, with rates within 1 point of it tied and the
+# lowest tied rate taken). None until that family's curves are in.
+#   gpsa (the ConViT's curves): 1x 53.06%, 4x 60.50%, 8x 60.92% -> 4x (8x leads by 0.42).
+RATE_MULTIPLE = {"gpsa": 4, "deit": None, "resnet": None}
+FAMILY = {
+    "convit": "gpsa",
+    "uniform": "gpsa",
+    "prs": "gpsa",
+    "conv": "gpsa",
+    "deit": "deit",
+    "resnet": "resnet",
+}
+MAIN_MODELS = ("convit", "uniform", "prs", "deit", "resnet")  # configs/cifar10.py variants
+SEEDS = (0, 1, 2)
+SWITCH_POINTS = (0.25, 0.5, 0.75)  # uniform switches as fractions of the run
+OTHER_FRACTIONS = (0.05, 1.0)
+MISSING = tuple(family for family, rate in RATE_MULTIPLE.items() if rate is None)
+
+
+def _run(model: str, fraction: float, seed: int, options: str, extra: str = "", tag: str = ""):
+    rate = RATE_MULTIPLE[FAMILY[model]]
+    if rate is None:
+        return None
+    return Run(
+        name=f"{model}{tag}_lr{rate:g}x_data{round(100 * fraction):03d}_seed{seed}",
+        config=f"configs/cifar10.py:{model},fraction={fraction:g},lr={rate:g}{extra}{options}",
+        overrides={"seed": seed},
+    )
+
+
+def get_sweep(arg=None):
+    arg = config_lib.parse_arg(arg, steps=STEPS, evals=EVALS, runlocal=False)
+    options = f",steps={arg.steps},evals={arg.evals}" + (",runlocal" if arg.runlocal else "")
+    runs = [_run(model, 0.1, seed, options) for seed in SEEDS for model in MAIN_MODELS]
+    runs += [
+        _run("uniform", 0.1, 0, options, f",first={at:g},last={at:g}", f"_at{round(100 * at):03d}")
+        for at in SWITCH_POINTS
+    ]
+    runs.append(_run("conv", 0.1, 0, options))
+    runs += [
+        _run(model, fraction, 0, options) for fraction in OTHER_FRACTIONS for model in MAIN_MODELS
+    ]
+    return [run for run in runs if run is not None]
