@@ -52,3 +52,21 @@ def test_the_benchmark_and_evaluation_import_without_tensorflow():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "[]"
+
+
+def test_the_commands_that_read_runs_import_without_tensorflow():
+    """report and fourier read metrics.jsonl (prs_jax.training.metrics_file), not the writers
+    that pull in clu and TensorFlow; they draw with matplotlib, which they may import."""
+    heavy = tuple(m for m in HEAVY if m != "matplotlib")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            PROBE.format(heavy=heavy, lean=("prs_jax.report", "prs_jax.fourier")),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "[]"

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from prs_jax.analysis import report
-from prs_jax.training import completion, metrics
+from prs_jax.training import completion, metrics_file
 
 CURVE_COLUMNS = ("run", "family", "peak_learning_rate", "step", "accuracy", "loss")
 
@@ -47,8 +47,8 @@ def read_curve(workdir: str) -> dict[str, Any]:
     accuracy, loss)]} of one run."""
     with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
         config = json.load(f)
-    path = os.path.join(workdir, metrics.METRICS_FILENAME)
-    records = metrics.read_metrics(workdir) if os.path.exists(path) else []
+    path = os.path.join(workdir, metrics_file.METRICS_FILENAME)
+    records = metrics_file.read_metrics(workdir) if os.path.exists(path) else []
     by_step = {}  # a resumed run may evaluate a step twice: the last record wins
     for r in records:
         if report.ACCURACY in r:

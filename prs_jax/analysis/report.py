@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from prs_jax.errors import UserError
-from prs_jax.training import metrics
+from prs_jax.training import metrics_file
 
 
 class NoRunsError(UserError, FileNotFoundError):
@@ -77,8 +77,8 @@ def read_run(workdir: str) -> dict[str, Any]:
         config = json.load(f)
     kind, conv_epochs = schedule_kind(config)
     records = (
-        metrics.read_metrics(workdir)
-        if os.path.exists(os.path.join(workdir, metrics.METRICS_FILENAME))
+        metrics_file.read_metrics(workdir)
+        if os.path.exists(os.path.join(workdir, metrics_file.METRICS_FILENAME))
         else []
     )
     evals = [(r["step"], r[ACCURACY]) for r in records if ACCURACY in r]

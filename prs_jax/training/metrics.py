@@ -13,8 +13,9 @@ from clu import metric_writers
 from etils import epath
 
 from prs_jax.errors import UserError
+from prs_jax.training.metrics_file import METRICS_FILENAME, read_metrics
 
-METRICS_FILENAME = "metrics.jsonl"
+__all__ = ["METRICS_FILENAME", "JsonlWriter", "MetricsWriteError", "create_writer", "read_metrics"]
 
 
 class MetricsWriteError(UserError):
@@ -102,10 +103,3 @@ def create_writer(workdir: str) -> metric_writers.MetricWriter:
     tensorboard = metric_writers.create_default_writer(workdir, asynchronous=False)
     jsonl = JsonlWriter(epath.Path(workdir) / METRICS_FILENAME)
     return metric_writers.MultiWriter([tensorboard, jsonl])
-
-
-def read_metrics(workdir: str) -> list[dict[str, float]]:
-    """The scalar records of a run's metrics.jsonl, in order (hyperparameter lines skipped)."""
-    text = (epath.Path(workdir) / METRICS_FILENAME).read_text()
-    records = [json.loads(line) for line in text.splitlines() if line.strip()]
-    return [r for r in records if "step" in r]
