@@ -23,10 +23,13 @@ prints:
     shows the difference);
   - with --baseline (default on), the straightforward Flax model (`models/reference.py`, same
     parameters) in the same rounds; with --vs-timm, when torch and timm import, timm's model of
-    the same configuration trained with the same recipe, and the ratios;
+    the same configuration trained with the same recipe, and the ratios; on a CPU also torch's
+    own n^3 matmul rate beside XLA's, since their ratio moves ours / timm from machine to
+    machine (README, "Performance");
   - with --profile, each phase's device time split into matmuls and convolutions (with their
     own FLOP rate), collectives and the rest, and the largest items of each by module
-    (prs_jax/tools/op_profile.py).
+    (prs_jax/tools/op_profile.py); with --vs-timm too, timm's step split the same way by
+    torch.profiler (`timm_bench.profile_timm`).
 
 Everything timed is alternated round by round in one process, so that a busy machine slows
 every contender alike; the same step also serves both phases (the step counter is set to a
