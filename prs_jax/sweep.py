@@ -12,12 +12,13 @@ its ':arg'), `overrides` a dict of `--config.FIELD=VALUE` flags. Every run gets 
 ROOT/NAME; flags after `--` are added to every command.
 
 Modes: run (default) executes the commands in order as subprocesses from the repository root,
-goes on after a failure, writes ROOT/report.{md,csv,png} at the end (prs_jax.report), and exits
-non-zero if a run failed; a rerun resumes each run from its workdir and skips the runs that
-finished with the same config (their WORKDIR/finished.json). `--dry_run` prints the
-commands, one per line; `--template` prints each formatted with {command}, {name}, {workdir},
-{index} (e.g. wrapped in an ssh or a launch script). `--shard I/N` keeps runs I, I+N, I+2N, ...
-so N machines can each run a share of the grid.
+goes on after a failure, writes ROOT/report_SWEEP.{md,csv,png} and ROOT/report_SWEEP_curves.*
+at the end over every run of the sweep that has a workdir (SWEEP: the sweep file's stem; the
+report of prs_jax.report), and exits non-zero if a run failed; a rerun resumes each run from
+its workdir and skips the runs that finished with the same config (their WORKDIR/finished.json).
+`--dry_run` prints the commands, one per line; `--template` prints each formatted with
+{command}, {name}, {workdir}, {index} (e.g. wrapped in an ssh or a launch script). `--shard I/N`
+keeps runs I, I+N, I+2N, ... so N machines can each run a share of the grid.
 """
 
 from __future__ import annotations
@@ -124,6 +125,12 @@ def command(
     return argv + list(extra_args)
 
 
+def report_prefix(spec: str) -> str:
+    """The sweep's report name in its root, report_<sweep file's stem>: sweeps that share a root
+    (the cifar10 curves and study) keep a report each."""
+    return "report_" + pathlib.Path(_split_arg(spec)[0]).stem
+
+
 def select_shard(runs: Sequence[Run], shard: str | None) -> list[Run]:
     """Runs i, i + n, i + 2n, ... for shard 'i/n'; all runs for None."""
     if not shard:
@@ -204,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, extra_args: list[str]) -> int:
-    runs = select_shard(load_sweep(args.sweep), args.shard)
+    runs = sweep_runs = select_shard(load_sweep(args.sweep), args.shard)
     if args.only:
         wanted = set(args.only.split(","))
         unknown = wanted - {r.name for r in runs}
@@ -229,11 +236,14 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, extra_args: 
         return 0
 
     failed = run_all(commands, finished=finished_runs(runs, root, extra_args))
-    from prs_jax.analysis import report  # pylint: disable=import-outside-toplevel
+    from prs_jax.analysis import study  # pylint: disable=import-outside-toplevel
 
-    workdirs = [f"{root}/{r.name}" for r in runs if os.path.exists(f"{root}/{r.name}/config.json")]
+    # Every run of the sweep that has a workdir, not only those of --only: the sweep's report.
+    workdirs = [
+        f"{root}/{r.name}" for r in sweep_runs if os.path.exists(f"{root}/{r.name}/config.json")
+    ]
     if workdirs:
-        written = report.write_report(workdirs, os.path.join(root, "report"))
+        written = study.write_study_report(workdirs, os.path.join(root, report_prefix(args.sweep)))
         print("Report: " + ", ".join(written))
     if failed:
         print(f"{len(failed)} of {len(runs)} runs failed: {', '.join(failed)}", file=sys.stderr)

@@ -12,6 +12,7 @@ import pytest
 
 from prs_jax import report, sweep
 from prs_jax.analysis import report as report_lib
+from prs_jax.analysis import study
 from prs_jax.training import completion, config_lib, validation
 
 # --- sweep files --------------------------------------------------------------------------------
@@ -173,6 +174,32 @@ def test_a_rerun_skips_the_runs_that_finished_with_the_same_config(tmp_path, cap
     assert sweep.run_all(commands, runner=fake_run, finished=finished) == []
     assert [c[4].rsplit("/", 1)[-1] for c in calls] == ["changed", "new"]
     assert "[1/3] done: finished at step 660" in capsys.readouterr().out
+
+
+def test_the_sweep_reports_all_its_runs_under_its_own_name(tmp_path, monkeypatch):
+    """--only runs a subset, but the report covers every run of the sweep with a workdir, as
+    ROOT/report_<sweep stem>, so two sweeps sharing a root do not overwrite each other's."""
+    sweep_file = tmp_path / "my_grid.py"
+    sweep_file.write_text(
+        "from prs_jax.sweep import Run\n"
+        "def get_sweep(arg=None):\n"
+        "    return [Run(n, 'configs/digits.py') for n in ('a', 'b', 'c')]\n"
+    )
+    root = tmp_path / "runs"
+    for name in ("a", "b"):  # c has not started
+        (root / name).mkdir(parents=True)
+        (root / name / "config.json").write_text("{}")
+    ran, reported = [], []
+    monkeypatch.setattr(sweep, "run_all", lambda commands, finished: ran.extend(commands) or [])
+    monkeypatch.setattr(
+        study,
+        "write_study_report",
+        lambda workdirs, prefix: reported.append((workdirs, prefix)) or [prefix + ".md"],
+    )
+    assert sweep.main([str(sweep_file), "--root", str(root), "--only", "a"]) == 0
+    assert [name for name, _ in ran] == ["a"]
+    assert reported == [([f"{root}/a", f"{root}/b"], str(root / "report_my_grid"))]
+    assert sweep.report_prefix("configs/sweeps/cifar10_study.py:steps=10") == "report_cifar10_study"
 
 
 def test_an_unreadable_completion_record_is_not_finished(tmp_path):

@@ -3,7 +3,8 @@ learning curves chose (configs/sweeps/cifar10_curves.py), on a 2-core CPU.
 
   python -m prs_jax.sweep configs/sweeps/cifar10_study.py --root ~/runs/c10_study --dry_run
   python -m prs_jax.sweep configs/sweeps/cifar10_study.py --root ~/runs/c10_study
-  python -m prs_jax.report --workdirs ~/runs/c10_study --out results/cifar10/study/report
+  # its report, over the study's runs alone: ~/runs/c10_study/report_cifar10_study.{md,csv,png}
+  # and report_cifar10_study_curves.*, written by the sweep at its end.
 
 The curves sweep shares the root: its seed-0 runs at a family's chosen rate are the study's
 seed-0 runs of that family (the same name, the same config), so the sweep finds them finished.
