@@ -27,6 +27,12 @@ Runs, named MODEL_lrKx_dataPCT_seedS, in the order that answers the study's ques
      never (`conv`); ConViT is the switch at 0. Whether the Fourier profile moves from the ViT's
      to the CNN's as the switch comes later.
   3. 5% and 100%, seed 0, the five models: the data scale.
+The switch sweep's figure (item 2 above), beside ResNet and DeiT (their chosen rates in K, R):
+  python -m prs_jax.fourier --output_dir results/cifar10/study/fourier --compare \
+      ~/runs/c10_study/{resnet_lrRx,deit_lrKx,convit_lr4x,uniform_at025_lr4x,uniform_lr4x,\
+uniform_at050_lr4x,uniform_at075_lr4x,conv_lr4x}_data010_seed0
+writes the high-frequency profiles on one plot, a table of each run's switch point, mean
+high-frequency value and top-1, and interpolation.png (both against the switch point).
 Families whose rate is not chosen yet (their curves still training) are left out, so that the
 sweep never runs at a rate the evidence has not picked; `MISSING` names them.
 """
