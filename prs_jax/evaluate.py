@@ -39,7 +39,7 @@ from ml_collections import config_flags
 from prs_jax import cli, data
 from prs_jax.cpu import cpu_devices
 from prs_jax.method import schedule
-from prs_jax.training import checkpointing
+from prs_jax.training import checkpointing, logs
 from prs_jax.training.state import TrainState, create_mesh, create_model
 from prs_jax.training.steps import evaluate, make_eval_step
 from prs_jax.training.validation import ConfigError
@@ -168,8 +168,10 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("--workdir is required: a training run's workdir")
     # Only the fields given on the command line, as dotted names: {'data.eval_split': 'test'}.
     overrides = config_flags.get_override_values(FLAGS["config"])
-    # TensorFlow only reads input here: keep it off the accelerators (as prs_jax.main does).
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    # TensorFlow only reads input here: keep it off the accelerators (as prs_jax.main does), and
+    # its C++ start-up notices out of the output.
+    with logs.native_start_up_noise_dropped():
+        import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
     tf.config.set_visible_devices([], "GPU")
     tf.config.set_visible_devices([], "TPU")

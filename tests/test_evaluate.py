@@ -116,3 +116,7 @@ def test_command_line_prints_and_writes_the_metrics(trained_run, tmp_path):
     written = json.loads(output.read_text())
     assert written["split"] == "test" and written["num_examples"] == TEST_PER_CLASS * len(CLASSES)
     assert f"top-1 {100 * written['top1_accuracy']:.2f}%" in result.stdout
+    # Neither TensorFlow's C++ start-up notices nor orbax's notes on the read-only options it
+    # would otherwise set itself reach the output.
+    for noise in ("oneDNN custom operations", "absl::InitializeLog", "setting save_interval_steps"):
+        assert noise not in result.stderr

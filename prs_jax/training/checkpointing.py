@@ -49,6 +49,12 @@ class CheckpointSaveError(UserError):
     that is intact and how to resume."""
 
 
+def read_only_options() -> ocp.CheckpointManagerOptions:
+    """Options of a manager that only restores: with what read_only implies stated, so that orbax
+    does not warn that it set them (two of its three read-only warnings per manager)."""
+    return ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0, create=False)
+
+
 def _no_checkpoint(workdir: str) -> NoCheckpointError:
     if not epath.Path(workdir).exists():
         return NoCheckpointError(
@@ -281,7 +287,7 @@ def restore_config(workdir: str, step: int | None = None) -> ml_collections.Conf
     with ocp.CheckpointManager(
         checkpoint_dir(workdir),
         item_names=("state", "data", "config"),
-        options=ocp.CheckpointManagerOptions(read_only=True),
+        options=read_only_options(),
     ) as manager:
         restored = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
     config = ml_collections.ConfigDict(restored.config)
@@ -323,7 +329,7 @@ def restore_variables(
         checkpoint_dir(workdir),
         item_names=("state",),
         item_handlers={"state": ocp.PyTreeCheckpointHandler()},
-        options=ocp.CheckpointManagerOptions(read_only=True),
+        options=read_only_options(),
     ) as manager:
         restored = manager.restore(
             step,
