@@ -15,7 +15,10 @@ CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
 
 def load_module(name):
-    spec = importlib.util.spec_from_file_location(name, CONFIG_DIR / f"{name}.py")
+    """configs/NAME.py as a module; NAME may hold a folder (sweeps/cifar10_study)."""
+    spec = importlib.util.spec_from_file_location(
+        pathlib.PurePath(name).name, CONFIG_DIR / f"{name}.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -425,21 +428,12 @@ def test_cifar10_curves_vary_only_the_rate_per_family_and_evaluate_every_250_ste
         load("cifar10")("convit,lr=0")
 
 
-def _study_module():
-    spec = importlib.util.spec_from_file_location(
-        "cifar10_study", CONFIG_DIR / "sweeps" / "cifar10_study.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_cifar10_study_seed0_runs_are_the_curves_at_each_chosen_rate():
     """The sweep skips a run whose workdir finished with the same config, so the study's seed-0
     run of a family must be its curve at the chosen rate: same name, same resolved config."""
     from prs_jax import sweep
 
-    study = _study_module()
+    study = load_module("sweeps/cifar10_study")
     curves = {r.name: r for r in sweep.load_sweep("configs/sweeps/cifar10_curves.py")}
     runs = {r.name: r for r in sweep.load_sweep("configs/sweeps/cifar10_study.py")}
     chosen = {f: k for f, k in study.RATE_MULTIPLE.items() if k is not None}
@@ -458,7 +452,7 @@ def test_cifar10_study_seed0_runs_are_the_curves_at_each_chosen_rate():
 def test_cifar10_study_runs_share_the_budget_and_a_rate_per_family_in_priority_order():
     from prs_jax import sweep
 
-    study = _study_module()
+    study = load_module("sweeps/cifar10_study")
     runs = sweep.load_sweep("configs/sweeps/cifar10_study.py")
     names = [r.name for r in runs]
     assert len(set(names)) == len(names)
