@@ -306,6 +306,20 @@ def test_report_plot_is_a_png(runs, tmp_path):
     assert os.path.getsize(paths[2]) > 10_000
 
 
+def test_report_plot_shows_each_runs_final_accuracy_not_its_best(runs, tmp_path, monkeypatch):
+    import matplotlib.figure  # pylint: disable=import-outside-toplevel
+
+    figures = []
+    monkeypatch.setattr(
+        matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: figures.append(fig)
+    )
+    rows = [report_lib.read_run(os.path.join(runs, "resnet_data010"))]
+    report_lib.plot(rows, str(tmp_path / "plot.png"))
+    (line,) = figures[0].axes[0].get_lines()
+    assert list(line.get_ydata()) == pytest.approx([34.0])  # final 0.34; its best was 0.35
+    assert figures[0].axes[0].get_ylabel() == "final top-1 (%)"
+
+
 def test_report_lists_a_run_without_evals_with_empty_accuracies(tmp_path):
     workdir = fabricate_run(str(tmp_path), "fresh", "deit", 0.25, {})
     (row,) = [report_lib.read_run(workdir)]

@@ -268,9 +268,12 @@ def write_csv(rows: Sequence[dict[str, Any]], path: str) -> None:
 
 
 def plot(rows: Sequence[dict[str, Any]], path: str) -> None:
-    """Best top-1 against data fraction (per model) and against conv epochs (switch sweeps).
+    """Final top-1 against data fraction (per model) and against conv epochs (switch sweeps).
 
-    Runs that differ only in their seed are averaged (`labels`). The conv-epochs panel shows
+    The final evaluation, not the best of a run's evaluations: the best is picked on the same
+    validation split it reports, so it flatters runs with noisier curves (figures made before
+    2026-12-05 plotted the best and say so on their axes). Runs that differ only in their seed
+    are averaged (`labels`). The conv-epochs panel shows
     each (model, data fraction, budget) with uniform switches at two or more epochs, and its PRS
     runs as stars.
     """
@@ -279,13 +282,13 @@ def plot(rows: Sequence[dict[str, Any]], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
-    done = [r for r in rows if r["best_accuracy"] is not None]
+    done = [r for r in rows if r["final_accuracy"] is not None]
     label = labels(done)
     fig, (by_ratio, by_conv) = plt.subplots(1, 2, figsize=(12, 4.5))
 
     for name in sorted(set(label.values())):
         points = [
-            (100 * r["train_fraction"], 100 * r["best_accuracy"])
+            (100 * r["train_fraction"], 100 * r["final_accuracy"])
             for r in done
             if label[r["run"]] == name
         ]
@@ -297,7 +300,7 @@ def plot(rows: Sequence[dict[str, Any]], path: str) -> None:
     if fractions:
         by_ratio.set_xticks(fractions, [f"{f:g}" for f in fractions])
     by_ratio.set(
-        xlabel="training data (%)", ylabel="best top-1 (%)", title="Accuracy vs data scale"
+        xlabel="training data (%)", ylabel="final top-1 (%)", title="Accuracy vs data scale"
     )
 
     groups = {}  # runs of one model, data fraction and budget: one uniform-switch sweep
@@ -312,7 +315,7 @@ def plot(rows: Sequence[dict[str, Any]], path: str) -> None:
     for (model, fraction, epochs), runs in sorted(sweeps.items()):
         tag = f"{model}, {100 * fraction:g}% data, {epochs:.3g} epochs"
         uniform = [
-            (r["conv_epochs"], 100 * r["best_accuracy"])
+            (r["conv_epochs"], 100 * r["final_accuracy"])
             for r in runs
             if r["schedule"] in UNIFORM_FAMILY
         ]
@@ -322,7 +325,7 @@ def plot(rows: Sequence[dict[str, Any]], path: str) -> None:
         others = sorted({label[r["run"]] for r in runs if r["schedule"] not in UNIFORM_FAMILY})
         for kind in others:
             points = [
-                (r["conv_epochs"], 100 * r["best_accuracy"])
+                (r["conv_epochs"], 100 * r["final_accuracy"])
                 for r in runs
                 if label[r["run"]] == kind
             ]
@@ -347,7 +350,7 @@ def plot(rows: Sequence[dict[str, Any]], path: str) -> None:
         )
     by_conv.set(
         xlabel="conv epochs (mean over GPSA layers)",
-        ylabel="best top-1 (%)",
+        ylabel="final top-1 (%)",
         title="Accuracy vs conv epochs",
     )
     for axes in (by_ratio, by_conv):
