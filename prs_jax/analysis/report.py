@@ -273,9 +273,8 @@ def plot(rows: Sequence[dict[str, Any]], path: str) -> None:
     The final evaluation, not the best of a run's evaluations: the best is picked on the same
     validation split it reports, so it flatters runs with noisier curves (figures made before
     2026-12-05 plotted the best and say so on their axes). Runs that differ only in their seed
-    are averaged (`labels`). The conv-epochs panel shows
-    each (model, data fraction, budget) with uniform switches at two or more epochs, and its PRS
-    runs as stars.
+    are averaged (`labels`). The conv-epochs panel shows each (model, data fraction, budget)
+    with uniform switches at two or more epochs, and its PRS runs as stars.
     """
     import matplotlib  # pylint: disable=import-outside-toplevel
 
