@@ -292,8 +292,9 @@ def test_report_table_holds_the_runs_metrics(runs, tmp_path):
     with open(prefix + ".md") as f:
         markdown = f.read()
     for line in (
-        "| prs_data100 | cifar100 | convit_tiny | prs | 100 | 100 | 300 | 200 | 77.31 | 77.31 | 200 |",  # noqa: E501
-        "| resnet_data010 | cifar100 | resnet18 | none | 10 |  | 300 | 300 | 34.00 | 35.00 | 200 |",
+        # last quarter: the eval at 3/4 of the last eval step (or the latest before); no uptime
+        "| prs_data100 | cifar100 | convit_tiny | prs | 100 | 100 | 300 | 200 | 77.31 | 77.31 | 200 | +12.31 |  |",  # noqa: E501
+        "| resnet_data010 | cifar100 | resnet18 | none | 10 |  | 300 | 300 | 34.00 | 35.00 | 200 | -1.00 |  |",  # noqa: E501
     ):
         assert line in markdown.splitlines()
 
@@ -338,6 +339,15 @@ def test_report_wall_time_adds_up_the_processes_of_a_resumed_run(tmp_path):
             f.write(json.dumps({"step": step, "uptime": uptime, "steps_per_sec": 2.0}) + "\n")
     assert report_lib.read_run(workdir)["wall_time_s"] == pytest.approx(1500.0)
     assert report_lib.wall_time_s([{"step": 1}]) is None
+
+
+def test_report_last_quarter_gain_compares_the_last_eval_with_the_one_at_three_quarters():
+    evals = [(1500, 0.50), (3000, 0.55), (4500, 0.60), (4750, 0.70), (6000, 0.61)]
+    assert report_lib.last_quarter_gain(evals) == pytest.approx(0.01)  # 0.61 - 0.60 at 4500
+    # no eval at exactly 3/4: the latest one before it (3000 <= 0.75 * 4500 = 3375)
+    assert report_lib.last_quarter_gain(evals[:3]) == pytest.approx(0.05)
+    assert report_lib.last_quarter_gain([(100, 0.3)]) is None  # nothing before 3/4 of 100
+    assert report_lib.last_quarter_gain([]) is None
 
 
 def test_parse_arg_of_sweep_files_rejects_unknown_arguments():

@@ -39,6 +39,7 @@ COLUMNS = (
     "final_accuracy",
     "best_accuracy",
     "best_step",
+    "last_quarter_gain",
     "seed",
     "wall_time_s",
 )
@@ -94,6 +95,7 @@ def read_run(workdir: str) -> dict[str, Any]:
         "final_accuracy": evals[-1][1] if evals else None,
         "best_accuracy": None,
         "best_step": None,
+        "last_quarter_gain": last_quarter_gain(evals),
         "seed": config.get("seed"),
         "wall_time_s": wall_time_s(records),
         # Runs with equal variants differ only in their seed: the summary averages those alone.
@@ -103,6 +105,18 @@ def read_run(workdir: str) -> dict[str, Any]:
         best_step, best = max(evals, key=lambda e: (e[1], -e[0]))  # earliest of equal bests
         row.update(best_accuracy=best, best_step=best_step)
     return row
+
+
+def last_quarter_gain(evals: Sequence[tuple[int, float]]) -> float | None:
+    """Top-1 gained over the last quarter of the evaluated steps: the last evaluation's accuracy
+    minus that of the latest evaluation at or before 3/4 of its step (the run-length rule of
+    configs/sweeps/cifar10_study.py asks this to be about 1 point at most). None without an
+    evaluation in the first three quarters."""
+    if not evals:
+        return None
+    last_step, last_accuracy = evals[-1]
+    earlier = [accuracy for step, accuracy in evals if step <= 0.75 * last_step]
+    return last_accuracy - earlier[-1] if earlier else None
 
 
 def wall_time_s(records: Sequence[dict[str, Any]]) -> float | None:
@@ -194,6 +208,13 @@ def _percent(value: float | None) -> str:
     return "" if value is None else f"{100 * value:.2f}"
 
 
+def _minutes_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest:02d} s"
+
+
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     header = (
         "run",
@@ -207,6 +228,8 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
         "final top-1 %",
         "best top-1 %",
         "best step",
+        "last quarter adds (points)",
+        "wall time",
     )
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
@@ -222,6 +245,8 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
             _percent(r["final_accuracy"]),
             _percent(r["best_accuracy"]),
             "" if r["best_step"] is None else str(r["best_step"]),
+            "" if r["last_quarter_gain"] is None else f"{100 * r['last_quarter_gain']:+.2f}",
+            _minutes_seconds(r["wall_time_s"]),
         )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
