@@ -43,6 +43,17 @@ def test_switch_point_of_each_cifar10_variant(arg, expected):
         assert value == pytest.approx(expected) if expected is not None else value is None
 
 
+def test_high_frequency_change_by_kind_averages_each_blocks_own_step():
+    # high-frequency values (last finite entry per row): -1, -3, -2, -5, -4.5, NaN (side-1 map)
+    spectra = np.array([[0, -1], [0, -3], [0, -2], [0, -5], [0, -4.5], [0, np.nan]], np.float32)
+    kinds = ("embedding", "attention", "mlp", "attention", "mlp", "downsampling")
+    changes = spectral.high_frequency_change_by_kind(spectra, kinds)
+    assert changes["attention"] == pytest.approx((-2 + -3) / 2)  # -1 -> -3, -2 -> -5
+    assert changes["mlp"] == pytest.approx((1 + 0.5) / 2)  # -3 -> -2, -5 -> -4.5
+    assert np.isnan(changes["downsampling"])  # its only change ends on a map without one
+    assert set(changes) == {"attention", "mlp", "downsampling"}
+
+
 def test_mean_high_frequency_skips_the_blocks_without_one():
     spectra = np.array(
         [
@@ -107,7 +118,9 @@ def test_csv_rows_hold_switch_point_value_and_the_accuracies_of_metrics_jsonl(tm
     assert rows[0]["best_step"] == "400"
     assert rows[1]["final_accuracy"] == rows[1]["best_accuracy"] == ""
     table = (tmp_path / "out" / "high_frequency_compare.md").read_text()
-    assert "| convit | 600 | 0 | -2.000 | 45.00 | 50.00 |" in table
+    # every block of the fake spectra has the same value: no kind changes it; no conv blocks
+    assert "| convit | 600 | 0 | -2.000 | +0.000 | +0.000 |  |  | 45.00 | 50.00 |" in table
+    assert float(rows[0]["change_per_attention"]) == 0.0 and rows[0]["change_per_convolution"] == ""
 
 
 def test_interpolation_png_needs_two_runs_with_a_switch_point(tmp_path):

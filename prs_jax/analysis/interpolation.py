@@ -4,7 +4,9 @@ longer, with ResNet and DeiT beside it.
 
 Per compared run, one row (COLUMNS) in OUT/high_frequency_compare.{csv,md}: its switch point
 (`switch_point`), the mean high-frequency value of its Fourier profile
-(spectra.mean_high_frequency) and its final and best validation top-1 (report.read_run). With two
+(spectra.mean_high_frequency), what each kind of block does to that value on average
+(`change_per_attention` ...: spectra.high_frequency_change_by_kind) and its final and best
+validation top-1 (report.read_run). With two
 or more runs that have a switch point, OUT/interpolation.png draws the high-frequency value and
 the final top-1 against it (`plot_interpolation`).
 """
@@ -24,7 +26,11 @@ from etils import epath
 
 from prs_jax.analysis import report
 from prs_jax.analysis.fourier import save_figure
-from prs_jax.analysis.spectra import mean_high_frequency
+from prs_jax.analysis.spectra import (
+    BLOCK_KINDS,
+    high_frequency_change_by_kind,
+    mean_high_frequency,
+)
 
 if TYPE_CHECKING:
     from prs_jax.analysis.fourier import FourierResult
@@ -38,6 +44,7 @@ COLUMNS = (
     "schedule",
     "switch_point",
     "mean_high_frequency",
+    *(f"change_per_{kind}" for kind in BLOCK_KINDS),
     "final_accuracy",
     "best_accuracy",
     "best_step",
@@ -76,6 +83,8 @@ def compare_row(result: FourierResult, workdir: str | None) -> dict[str, Any]:
         step=result.step,
         mean_high_frequency=mean_high_frequency(result.spectra),
     )
+    changes = high_frequency_change_by_kind(result.spectra, result.kinds)
+    row.update({f"change_per_{kind}": changes.get(kind) for kind in BLOCK_KINDS})
     if config:
         row.update(schedule=report.schedule_kind(config)[0], switch_point=switch_point(config))
     if workdir and os.path.exists(os.path.join(workdir, "config.json")):
@@ -107,11 +116,16 @@ def _percent(value: float | None) -> str:
     return "" if value is None else f"{100 * value:.2f}"
 
 
+def _change(value: float | None) -> str:
+    return "" if value is None or not math.isfinite(value) else f"{value:+.3f}"
+
+
 MARKDOWN_HEADER = (
     "run",
     "step",
     "switch point",
     "mean high-frequency",
+    *(f"change per {kind} block" for kind in BLOCK_KINDS),
     "final top-1 %",
     "best top-1 %",
 )
@@ -126,6 +140,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
             str(r["step"]),
             _switch_cell(r),
             f"{r['mean_high_frequency']:.3f}",
+            *(_change(r[f"change_per_{kind}"]) for kind in BLOCK_KINDS),
             _percent(r["final_accuracy"]),
             _percent(r["best_accuracy"]),
         )

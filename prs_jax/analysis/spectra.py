@@ -181,6 +181,28 @@ def mean_high_frequency(spectra: np.ndarray) -> float:
     return float(np.mean(finite, dtype=np.float64)) if finite.size else float("nan")
 
 
+# The block kinds of model.feature_map_kinds() after the embedding, in the compare table's order.
+BLOCK_KINDS = ("attention", "mlp", "convolution", "downsampling")
+
+
+def high_frequency_change_by_kind(spectra: np.ndarray, kinds: Sequence[str]) -> dict[str, float]:
+    """{kind: the mean over the blocks of that kind of their change in the high-frequency value}:
+    a block's value minus the previous block's, i.e. what the block itself does to it (Park &
+    Kim's Fig. 2b reading: attention lowers it, convolutions and MLPs raise it). A change with a
+    NaN on either side (a map with no high frequency) is skipped; a kind with no change left is
+    NaN. Only kinds present after the first block are keys."""
+    values = high_frequency(spectra)
+    changes: dict[str, list[float]] = {}
+    for kind, before, after in zip(kinds[1:], values[:-1], values[1:]):
+        changes.setdefault(str(kind), [])
+        if np.isfinite(before) and np.isfinite(after):
+            changes[str(kind)].append(float(after) - float(before))
+    return {
+        kind: float(np.mean(c, dtype=np.float64)) if c else float("nan")
+        for kind, c in changes.items()
+    }
+
+
 def normalised_depth(num_blocks: int) -> np.ndarray:
     """f32[num_blocks] from 0 (the embedding) to 1 (the last block)."""
     return np.linspace(0.0, 1.0, num_blocks, dtype=np.float32) if num_blocks > 1 else np.zeros(1)
