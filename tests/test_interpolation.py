@@ -123,7 +123,7 @@ def test_csv_rows_hold_switch_point_value_and_the_accuracies_of_metrics_jsonl(tm
     assert float(rows[0]["change_per_attention"]) == 0.0 and rows[0]["change_per_convolution"] == ""
 
 
-def test_interpolation_png_needs_two_runs_with_a_switch_point(tmp_path):
+def test_interpolation_png_needs_two_distinct_switch_points(tmp_path):
     conv = fake_run(tmp_path, "conv", "conv", -0.8, [0.40])
     deit = fake_run(tmp_path, "deit", "deit", -2.5, [0.30])
     convit = fake_run(tmp_path, "convit", "convit", -2.0, [0.31])
@@ -132,6 +132,10 @@ def test_interpolation_png_needs_two_runs_with_a_switch_point(tmp_path):
     rows = compare(tmp_path / "one", [conv, deit])
     assert rows[0]["schedule"] == "conv" and rows[0]["switch_point"] == "1.0"  # never
     assert not os.path.exists(tmp_path / "one" / png)
+    # two ConViTs (say, two learning rates) share switch point 0: no line to draw
+    convit_again = fake_run(tmp_path, "convit_again", "convit", -1.9, [0.33])
+    compare(tmp_path / "same", [convit, convit_again, deit])
+    assert not os.path.exists(tmp_path / "same" / png)
 
     compare(tmp_path / "two", [convit, conv, deit])
     image = matplotlib.image.imread(tmp_path / "two" / png)

@@ -232,14 +232,15 @@ def plot_interpolation(rows: Sequence[Mapping[str, Any]], path: str | None = Non
 def write_comparison(
     results: Sequence[FourierResult], workdirs: Sequence[str | None], output_dir: str
 ) -> list[str]:
-    """OUT/high_frequency_compare.{csv,md} and, when two or more runs have a switch point,
-    OUT/interpolation.png; the paths written."""
+    """OUT/high_frequency_compare.{csv,md} and, when the runs have two or more distinct switch
+    points (a line to draw, not runs that differ only in rate or seed), OUT/interpolation.png;
+    the paths written."""
     rows = [compare_row(result, workdir) for result, workdir in zip(results, workdirs)]
     prefix = epath.Path(output_dir) / COMPARE_TABLE
     paths = [f"{prefix}.csv", f"{prefix}.md"]
     epath.Path(paths[0]).write_text(csv_text(rows))
     epath.Path(paths[1]).write_text(markdown_table(rows))
-    if sum(r["switch_point"] is not None for r in rows) >= 2:
+    if len({r["switch_point"] for r in rows} - {None}) >= 2:
         paths.append(str(epath.Path(output_dir) / INTERPOLATION_PNG))
         plot_interpolation(rows, paths[-1])
     return paths
