@@ -13,7 +13,7 @@ Budget: 6,000 optimizer steps of batch 128 (768,000 images presented) for every 
 seed, with the cosine schedule over the whole run, 24 evaluations on the validation split (every
 250 steps: every run is a learning curve). The length was chosen on the ConViT's curves at 10%,
 whose last quarter added about 1 point (+0.90 at the DeiT rule's rate, +0.88 at 4x); the study's
-own runs add 0.9-2.2 points in theirs (README), so they end near, not at, their plateau.
+own runs add 0.6-2.3 points in theirs (README), so they end near, not at, their plateau.
 Equal steps at every ratio is ConViT's protocol: the same images presented whatever the ratio.
 
 Rates, as multiples K of the DeiT rule's 5e-4 x 128 / 512 (`lr=K`), one per model family and
@@ -21,9 +21,10 @@ chosen on the validation split alone: `RATE_MULTIPLE` below, with the curves tha
 GPSA family's rate serves every schedule (ConViT, uniform switch, PRS, the switch sweep and the
 pure-conv variant): never tuned for PRS alone.
 
-Expected final top-1 on the validation split at 10% (seeds 0 and 1, 2-core CPU, about 35 min
-per ViT run and 41 per ResNet run): ConViT 60.5-61.4%, uniform switch 62.7-63.1%, PRS 63.1%,
-DeiT twin 55.5%, ResNet-18 76.2%.
+Expected final top-1 on the validation split at 10% (seeds 0-2, mean +- sd; 2-core CPU, 32-35
+min per ViT run alone, 41-44 per ResNet run): ConViT 60.75 +- 0.60%, uniform switch 62.63 +-
+0.54%, PRS 62.66 +- 0.53%, DeiT twin 55.51 +- 0.44%, ResNet-18 76.2% (seeds 0 and 1: 76.20,
+76.26). PRS - ConViT +1.91 points (paired p = 0.03), PRS - uniform +0.03 (p = 0.89).
 
 Runs, named MODEL_lrKx_dataPCT_seedS, in the order that answers the study's questions soonest:
   1. 10%: ConViT, uniform switch (at 1/3 of the run) and PRS, then the DeiT twin and
