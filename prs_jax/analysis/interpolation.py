@@ -7,7 +7,7 @@ Per compared run, one row (COLUMNS) in OUT/high_frequency_compare.{csv,md}: its 
 (spectra.mean_high_frequency), what each kind of block does to that value on average
 (`change_per_attention` ...: spectra.high_frequency_change_by_kind) and its final and best
 validation top-1 (report.read_run). With two
-or more runs that have a switch point, OUT/interpolation.png draws the high-frequency value and
+or more distinct switch points among the runs, OUT/interpolation.png draws the high-frequency value and
 the final top-1 against it (`plot_interpolation`).
 """
 
