@@ -14,9 +14,10 @@ python -m prs_jax.fourier --compare RUN [RUN ...] --output_dir OUT
                                     mean high-frequency value and (b) the final top-1 against
                                     it, ResNet and DeiT as horizontal lines
     A fourier.npz at its default place, WORKDIR/fourier/step_<N>/, has WORKDIR's accuracies;
-    one elsewhere has none. prs_jax.analysis.interpolation defines the switch point (ConViT 0,
-    conv "never" = 1, PRS the mean over its GPSA layers) and spectra.mean_high_frequency the
-    value.
+    one elsewhere has none, or with --report CSV [CSV ...] (prs_jax.report's PREFIX.csv) its
+    run's row there: how results/ redraws runs whose workdirs are gone.
+    prs_jax.analysis.interpolation defines the switch point (ConViT 0, conv "never" = 1, PRS
+    the mean over its GPSA layers) and spectra.mean_high_frequency the value.
 """
 
 from __future__ import annotations
@@ -68,6 +69,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="workdirs or fourier.npz files to draw on one depth plot (needs --output_dir)",
     )
     parser.add_argument(
+        "--report",
+        nargs="+",
+        metavar="CSV",
+        help="prs_jax.report CSVs with the accuracies of compared fourier.npz files away from "
+        "their workdirs (matched by run name; with --compare)",
+    )
+    parser.add_argument(
         "--step", type=int, help="checkpoint step, of every workdir compared (default: the latest)"
     )
     parser.add_argument(
@@ -91,6 +99,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         parser.error("give exactly one of --workdir DIR and --compare RUN [RUN ...]")
     if args.compare and not args.output_dir:
         parser.error("--compare needs --output_dir")
+    if args.report and not args.compare:
+        parser.error("--report goes with --compare")
     if args.num_images <= 0 or args.batch_size <= 0:
         parser.error("--num_images and --batch_size must be positive")
     return args
@@ -122,15 +132,28 @@ def _run(args: argparse.Namespace) -> None:
     missing = [run for run in args.compare if run.endswith(".npz") and not os.path.isfile(run)]
     if missing:
         raise UserError(f"no file {', '.join(missing)}: give fourier.npz files this command wrote")
-    results = [
-        FourierResult.load_npz(run) if run.endswith(".npz") else analyse(run)
-        for run in args.compare
-    ]
-    workdirs = [npz_workdir(run) if run.endswith(".npz") else run for run in args.compare]
+    stored = {run: FourierResult.load_npz(run) for run in args.compare if run.endswith(".npz")}
+    workdirs = [npz_workdir(run) if run in stored else run for run in args.compare]
+    accuracies = interpolation.read_report_accuracies(args.report) if args.report else None
+    if accuracies is not None:  # before analysing any workdir: a typo costs no minutes
+        unmatched = [
+            interpolation.run_name(stored[run])
+            for run, workdir in zip(args.compare, workdirs)
+            if run in stored
+            and workdir is None
+            and interpolation.run_name(stored[run]) not in accuracies
+        ]
+        if unmatched:
+            raise UserError(
+                f"no row for run {', '.join(unmatched)} in {' '.join(args.report)}: give the "
+                "report of the sweep that trained it, or compare its workdir"
+            )
+    results = [stored[run] if run in stored else analyse(run) for run in args.compare]
     epath.Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     path = os.path.join(args.output_dir, COMPARE_PNG)
     plot_high_frequency(results, path)
-    paths = [path, *interpolation.write_comparison(results, workdirs, args.output_dir)]
+    comparison = interpolation.write_comparison(results, workdirs, args.output_dir, accuracies)
+    paths = [path, *comparison]
     print(f"compared {len(results)} runs: {', '.join(paths)}")
 
 

@@ -148,3 +148,82 @@ def test_an_npz_without_a_stored_config_has_no_switch_point(tmp_path):
     fake_result(None, "old").save_npz(npz)
     (row,) = compare(tmp_path / "out", [npz])
     assert row["schedule"] == row["switch_point"] == row["final_accuracy"] == ""
+
+
+def write_report(path, rows):
+    """A prs_jax.report CSV (its columns that the comparison reads, and one it does not)."""
+    columns = ("run", "model", "final_accuracy", "best_accuracy", "best_step")
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        writer.writerows(rows)
+    return str(path)
+
+
+def lone_npz(tmp_path, name, arg, high_frequency):
+    """A fourier.npz away from its workdir, labelled as prs_jax.fourier labels a workdir's."""
+    config = cifar10(arg)
+    path = str(tmp_path / f"{name}.npz")
+    fake_result(config, f"{name}: convit_tiny", high_frequency).save_npz(path)
+    return path
+
+
+def test_a_report_csv_gives_the_accuracies_of_npz_files_whose_workdirs_are_gone(tmp_path):
+    convit = lone_npz(tmp_path, "convit_lr4x_seed0", "convit", -2.0)
+    uniform = lone_npz(tmp_path, "uniform_lr4x_seed0", "uniform", -1.8)
+    conv = fake_run(tmp_path, "conv_lr4x_seed0", "conv", -1.0, [0.40, 0.52])  # has a workdir
+    old = write_report(
+        tmp_path / "old.csv",
+        [
+            ("convit_lr4x_seed0", "convit_tiny", 0.605, 0.6072, 5750),
+            ("uniform_lr4x_seed0", "x", 0.1, 0.1, 1),
+        ],
+    )
+    # a later report's row wins (a rerun); a workdir's own metrics win over any report
+    new = write_report(
+        tmp_path / "new.csv",
+        [
+            ("uniform_lr4x_seed0", "convit_tiny", 0.6272, 0.6298, 5500),
+            ("conv_lr4x_seed0", "x", 0.9, 0.9, 1),
+        ],
+    )
+
+    out = tmp_path / "out"
+    fourier.main(
+        ["--compare", convit, uniform, conv, "--output_dir", str(out), "--report", old, new]
+    )
+
+    with open(out / "high_frequency_compare.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    got = [(r["final_accuracy"], r["best_accuracy"], r["best_step"]) for r in rows]
+    assert got == [
+        ("0.605", "0.6072", "5750"),
+        ("0.6272", "0.6298", "5500"),
+        ("0.52", "0.52", "400"),
+    ]
+    assert rows[0]["switch_point"] == "0.0" and rows[2]["switch_point"] == "1.0"
+    assert float(rows[1]["switch_point"]) == pytest.approx(1 / 3)
+    assert (out / "interpolation.png").exists()
+
+
+def test_an_npz_missing_from_the_report_fails_before_anything_is_written(tmp_path, capsys):
+    convit = lone_npz(tmp_path, "convit_lr4x_seed0", "convit", -2.0)
+    report = write_report(tmp_path / "r.csv", [("prs_lr4x_seed0", "convit_tiny", 0.6, 0.6, 1)])
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        fourier.main(["--compare", convit, "--output_dir", str(out), "--report", report])
+    assert exit_info.value.code == 2
+    assert "no row for run convit_lr4x_seed0" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_report_without_accuracy_columns_is_refused_by_name(tmp_path, capsys):
+    convit = lone_npz(tmp_path, "convit_lr4x_seed0", "convit", -2.0)
+    curves = tmp_path / "report_curves.csv"
+    curves.write_text("run,step,accuracy\nconvit_lr4x_seed0,250,0.2\n")
+    with pytest.raises(SystemExit):
+        fourier.main(
+            ["--compare", convit, "--output_dir", str(tmp_path / "o"), "--report", str(curves)]
+        )
+    err = capsys.readouterr().err
+    assert "has no column best_accuracy, best_step, final_accuracy" in err and "_curves.csv" in err

@@ -6,9 +6,10 @@ Per compared run, one row (COLUMNS) in OUT/high_frequency_compare.{csv,md}: its 
 (`switch_point`), the mean high-frequency value of its Fourier profile
 (spectra.mean_high_frequency), what each kind of block does to that value on average
 (`change_per_attention` ...: spectra.high_frequency_change_by_kind) and its final and best
-validation top-1 (report.read_run). With two
-or more distinct switch points among the runs, OUT/interpolation.png draws the high-frequency value and
-the final top-1 against it (`plot_interpolation`).
+validation top-1 (report.read_run; for a fourier.npz kept after its workdir is gone, the row of
+its run in a prs_jax.report CSV: `read_report_accuracies`). With two or more distinct switch
+points among the runs, OUT/interpolation.png draws the high-frequency value and the final top-1
+against it (`plot_interpolation`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from prs_jax.analysis.spectra import (
     high_frequency_change_by_kind,
     mean_high_frequency,
 )
+from prs_jax.errors import UserError
 
 if TYPE_CHECKING:
     from prs_jax.analysis.fourier import FourierResult
@@ -51,6 +53,38 @@ COLUMNS = (
 )
 TICKS, TICK_LABELS = (0.0, 0.25, 0.5, 0.75, 1.0), ("0", "1/4", "1/2", "3/4", "1")
 NEVER = "conv"  # the schedule (report.schedule_kind) whose switch point 1.0 means "never"
+ACCURACY_COLUMNS = ("final_accuracy", "best_accuracy", "best_step")
+
+
+def run_name(result: FourierResult) -> str:
+    """The name of the run a result was analysed from: its workdir's name, which run_label puts
+    before ': ' (the whole label for a result that has no workdir in it)."""
+    return result.label.split(": ", 1)[0]
+
+
+def read_report_accuracies(paths: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Final and best top-1 and best step per run name, from prs_jax.report CSVs (PREFIX.csv):
+    the accuracies of compared fourier.npz files whose workdirs are gone (results/ keeps the
+    npz and the report, not the checkpoints). A later CSV's row for a run wins."""
+    accuracies = {}
+    for path in paths:
+        if not os.path.isfile(path):
+            raise UserError(f"no report {path}: give PREFIX.csv files that prs_jax.report wrote")
+        with open(path, encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f)
+            missing = {"run", *ACCURACY_COLUMNS} - set(reader.fieldnames or ())
+            if missing:
+                raise UserError(
+                    f"{path} has no column {', '.join(sorted(missing))}: give a CSV that "
+                    "prs_jax.report wrote (PREFIX.csv, not PREFIX_curves.csv)"
+                )
+            for line in reader:
+                accuracies[line["run"]] = {
+                    "final_accuracy": float(line["final_accuracy"]),
+                    "best_accuracy": float(line["best_accuracy"]),
+                    "best_step": int(line["best_step"]),
+                }
+    return accuracies
 
 
 def switch_point(config: Mapping[str, Any]) -> float | None:
@@ -71,10 +105,15 @@ def switch_point(config: Mapping[str, Any]) -> float | None:
     return None if conv_epochs is None else conv_epochs / float(config["num_epochs"])
 
 
-def compare_row(result: FourierResult, workdir: str | None) -> dict[str, Any]:
+def compare_row(
+    result: FourierResult,
+    workdir: str | None,
+    report_accuracies: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
     """One row (COLUMNS) for a compared run; its workdir (None for a lone fourier.npz) gives the
-    accuracies, which stay None without its config.json and metrics.jsonl. The switch point is
-    read from the config stored with the analysis; an npz without one has none."""
+    accuracies, or without its config.json and metrics.jsonl, its run's entry in
+    `report_accuracies` (read_report_accuracies); else they stay None. The switch point is read
+    from the config stored with the analysis; an npz without one has none."""
     config = json.loads(result.config_json)
     row = dict.fromkeys(COLUMNS)
     row.update(
@@ -89,7 +128,9 @@ def compare_row(result: FourierResult, workdir: str | None) -> dict[str, Any]:
         row.update(schedule=report.schedule_kind(config)[0], switch_point=switch_point(config))
     if workdir and os.path.exists(os.path.join(workdir, "config.json")):
         run = report.read_run(workdir)
-        row.update({key: run[key] for key in ("final_accuracy", "best_accuracy", "best_step")})
+        row.update({key: run[key] for key in ACCURACY_COLUMNS})
+    elif report_accuracies and run_name(result) in report_accuracies:
+        row.update(report_accuracies[run_name(result)])
     return row
 
 
@@ -230,12 +271,18 @@ def plot_interpolation(rows: Sequence[Mapping[str, Any]], path: str | None = Non
 
 
 def write_comparison(
-    results: Sequence[FourierResult], workdirs: Sequence[str | None], output_dir: str
+    results: Sequence[FourierResult],
+    workdirs: Sequence[str | None],
+    output_dir: str,
+    report_accuracies: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[str]:
     """OUT/high_frequency_compare.{csv,md} and, when the runs have two or more distinct switch
     points (a line to draw, not runs that differ only in rate or seed), OUT/interpolation.png;
-    the paths written."""
-    rows = [compare_row(result, workdir) for result, workdir in zip(results, workdirs)]
+    the paths written. `report_accuracies` as compare_row's."""
+    rows = [
+        compare_row(result, workdir, report_accuracies)
+        for result, workdir in zip(results, workdirs)
+    ]
     prefix = epath.Path(output_dir) / COMPARE_TABLE
     paths = [f"{prefix}.csv", f"{prefix}.md"]
     epath.Path(paths[0]).write_text(csv_text(rows))
