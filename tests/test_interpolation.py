@@ -95,8 +95,8 @@ def fake_run(root, name, arg, high_frequency, accuracies):
     return str(npz_dir / "fourier.npz")
 
 
-def compare(output_dir, runs):
-    fourier.main(["--compare", *runs, "--output_dir", str(output_dir)])
+def compare(output_dir, runs, *options):
+    fourier.main(["--compare", *runs, "--output_dir", str(output_dir), *options])
     with open(output_dir / "high_frequency_compare.csv", encoding="utf-8") as f:
         return list(csv.DictReader(f))
 
@@ -189,12 +189,8 @@ def test_a_report_csv_gives_the_accuracies_of_npz_files_whose_workdirs_are_gone(
     )
 
     out = tmp_path / "out"
-    fourier.main(
-        ["--compare", convit, uniform, conv, "--output_dir", str(out), "--report", old, new]
-    )
+    rows = compare(out, [convit, uniform, conv], "--report", old, new)
 
-    with open(out / "high_frequency_compare.csv", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
     got = [(r["final_accuracy"], r["best_accuracy"], r["best_step"]) for r in rows]
     assert got == [
         ("0.605", "0.6072", "5750"),
