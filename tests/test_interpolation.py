@@ -66,7 +66,7 @@ def test_mean_high_frequency_skips_the_blocks_without_one():
     assert np.isnan(spectral.mean_high_frequency(spectra[2:]))
 
 
-def fake_result(config, label, high_frequency=-1.0):
+def fake_result(config, label, high_frequency=-1.0, step=600):
     """A FourierResult of 3 blocks whose high-frequency values are all `high_frequency`."""
     spectra = np.array([[0.0, -0.5, high_frequency]] * 3, np.float32)
     return FourierResult(
@@ -75,23 +75,24 @@ def fake_result(config, label, high_frequency=-1.0):
         kinds=("embedding", "attention", "mlp"),
         map_shapes=np.array([[6, 6]] * 3),
         label=label,
-        step=600,
+        step=step,
         config_json="{}" if config is None else json.dumps(config.to_dict()),
     )
 
 
-def fake_run(root, name, arg, high_frequency, accuracies):
-    """A workdir with config.json, metrics.jsonl (eval/accuracy at steps 200, 400, ...) and its
-    fourier.npz at the default place; the npz's path."""
+def fake_run(root, name, arg, high_frequency, accuracies, step=600):
+    """A workdir with config.json, metrics.jsonl (eval/accuracy evenly spaced up to step 600, the
+    run's last) and its fourier.npz of `step` at the default place; the npz's path."""
     config = cifar10(arg)
     workdir = root / name
-    npz_dir = workdir / "fourier" / "step_600"
+    npz_dir = workdir / "fourier" / f"step_{step}"
     npz_dir.mkdir(parents=True)
     (workdir / "config.json").write_text(config.to_json())
+    n = len(accuracies)
     records = [{"step": 100, "train/loss": 2.0}]
-    records += [{"step": 200 * (i + 1), "eval/accuracy": a} for i, a in enumerate(accuracies)]
+    records += [{"step": 600 * (i + 1) // n, "eval/accuracy": a} for i, a in enumerate(accuracies)]
     (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    fake_result(config, name, high_frequency).save_npz(str(npz_dir / "fourier.npz"))
+    fake_result(config, name, high_frequency, step).save_npz(str(npz_dir / "fourier.npz"))
     return str(npz_dir / "fourier.npz")
 
 
@@ -151,20 +152,21 @@ def test_an_npz_without_a_stored_config_has_no_switch_point(tmp_path):
 
 
 def write_report(path, rows):
-    """A prs_jax.report CSV (its columns that the comparison reads, and one it does not)."""
-    columns = ("run", "model", "final_accuracy", "best_accuracy", "best_step")
+    """A prs_jax.report CSV (its columns that the comparison reads, and one it does not); every
+    run ended at step 600."""
+    columns = ("run", "model", "steps", "final_accuracy", "best_accuracy", "best_step")
     with open(path, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(columns)
-        writer.writerows(rows)
+        writer.writerows((run, model, 600, *accuracies) for run, model, *accuracies in rows)
     return str(path)
 
 
-def lone_npz(tmp_path, name, arg, high_frequency):
+def lone_npz(tmp_path, name, arg, high_frequency, step=600):
     """A fourier.npz away from its workdir, labelled as prs_jax.fourier labels a workdir's."""
     config = cifar10(arg)
-    path = str(tmp_path / f"{name}.npz")
-    fake_result(config, f"{name}: convit_tiny", high_frequency).save_npz(path)
+    path = str(tmp_path / f"{name}_step{step}.npz")
+    fake_result(config, f"{name}: convit_tiny", high_frequency, step).save_npz(path)
     return path
 
 
@@ -195,7 +197,7 @@ def test_a_report_csv_gives_the_accuracies_of_npz_files_whose_workdirs_are_gone(
     assert got == [
         ("0.605", "0.6072", "5750"),
         ("0.6272", "0.6298", "5500"),
-        ("0.52", "0.52", "400"),
+        ("0.52", "0.52", "600"),
     ]
     assert rows[0]["switch_point"] == "0.0" and rows[2]["switch_point"] == "1.0"
     assert float(rows[1]["switch_point"]) == pytest.approx(1 / 3)
@@ -222,4 +224,34 @@ def test_a_report_without_accuracy_columns_is_refused_by_name(tmp_path, capsys):
             ["--compare", convit, "--output_dir", str(tmp_path / "o"), "--report", str(curves)]
         )
     err = capsys.readouterr().err
-    assert "has no column best_accuracy, best_step, final_accuracy" in err and "_curves.csv" in err
+    assert "has no column best_accuracy, best_step, final_accuracy, steps" in err
+    assert "_curves.csv" in err
+
+
+def test_a_checkpoint_before_the_runs_end_gets_no_final_accuracy_and_is_not_drawn(tmp_path):
+    # at a switch (--step) and at the end, from a workdir and from npz files with a report
+    uniform_mid = fake_run(tmp_path, "uniform", "uniform", -1.9, [0.3, 0.5], step=200)
+    uniform_end = str(tmp_path / "uniform" / "fourier" / "step_600" / "fourier.npz")
+    os.makedirs(os.path.dirname(uniform_end))
+    fake_result(cifar10("uniform"), "uniform", -1.7).save_npz(uniform_end)
+    conv_mid = lone_npz(tmp_path, "conv_lr4x_seed0", "conv", -2.2, step=300)
+    conv_end = lone_npz(tmp_path, "conv_lr4x_seed0", "conv", -2.0)
+    report = write_report(tmp_path / "r.csv", [("conv_lr4x_seed0", "x", 0.6, 0.62, 500)])
+
+    rows = compare(
+        tmp_path / "out", [uniform_mid, uniform_end, conv_mid, conv_end], "--report", report
+    )
+
+    assert [(r["step"], r["final_accuracy"]) for r in rows] == [
+        ("200", ""),
+        ("600", "0.5"),
+        ("300", ""),
+        ("600", "0.6"),
+    ]
+    drawn = interpolation.latest_per_run(
+        [{"label": r["label"], "step": int(r["step"])} for r in rows]
+    )
+    assert [(r["label"], r["step"]) for r in drawn] == [
+        ("uniform", 600),
+        ("conv_lr4x_seed0: convit_tiny", 600),
+    ]

@@ -7,9 +7,11 @@ Per compared run, one row (COLUMNS) in OUT/high_frequency_compare.{csv,md}: its 
 (spectra.mean_high_frequency), what each kind of block does to that value on average
 (`change_per_attention` ...: spectra.high_frequency_change_by_kind) and its final and best
 validation top-1 (report.read_run; for a fourier.npz kept after its workdir is gone, the row of
-its run in a prs_jax.report CSV: `read_report_accuracies`). With two or more distinct switch
-points among the runs, OUT/interpolation.png draws the high-frequency value and the final top-1
-against it (`plot_interpolation`).
+its run in a prs_jax.report CSV: `read_report_accuracies`), given only to a row analysed at its
+run's last step: a checkpoint from the middle of a run (`--step`, e.g. at a switch) is not what
+the run ended with. With two or more distinct switch points among the runs,
+OUT/interpolation.png draws the high-frequency value and the final top-1 against it, each run at
+its latest analysed step (`plot_interpolation`).
 """
 
 from __future__ import annotations
@@ -54,16 +56,22 @@ COLUMNS = (
 TICKS, TICK_LABELS = (0.0, 0.25, 0.5, 0.75, 1.0), ("0", "1/4", "1/2", "3/4", "1")
 NEVER = "conv"  # the schedule (report.schedule_kind) whose switch point 1.0 means "never"
 ACCURACY_COLUMNS = ("final_accuracy", "best_accuracy", "best_step")
+RUN_STEPS = "steps"  # a report's (and report.read_run's) last step of the run
 
 
 def run_name(result: FourierResult) -> str:
     """The name of the run a result was analysed from: its workdir's name, which run_label puts
     before ': ' (the whole label for a result that has no workdir in it)."""
-    return result.label.split(": ", 1)[0]
+    return _label_run(result.label)
+
+
+def _label_run(label: str) -> str:
+    return label.split(": ", 1)[0]
 
 
 def read_report_accuracies(paths: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Final and best top-1 and best step per run name, from prs_jax.report CSVs (PREFIX.csv):
+    """Final and best top-1, best step and last step (RUN_STEPS) per run name, from
+    prs_jax.report CSVs (PREFIX.csv):
     the accuracies of compared fourier.npz files whose workdirs are gone (results/ keeps the
     npz and the report, not the checkpoints). A later CSV's row for a run wins."""
     accuracies = {}
@@ -72,7 +80,7 @@ def read_report_accuracies(paths: Sequence[str]) -> dict[str, dict[str, Any]]:
             raise UserError(f"no report {path}: give PREFIX.csv files that prs_jax.report wrote")
         with open(path, encoding="utf-8", newline="") as f:
             reader = csv.DictReader(f)
-            missing = {"run", *ACCURACY_COLUMNS} - set(reader.fieldnames or ())
+            missing = {"run", *ACCURACY_COLUMNS, RUN_STEPS} - set(reader.fieldnames or ())
             if missing:
                 raise UserError(
                     f"{path} has no column {', '.join(sorted(missing))}: give a CSV that "
@@ -83,6 +91,7 @@ def read_report_accuracies(paths: Sequence[str]) -> dict[str, dict[str, Any]]:
                     "final_accuracy": float(line["final_accuracy"]),
                     "best_accuracy": float(line["best_accuracy"]),
                     "best_step": int(line["best_step"]),
+                    RUN_STEPS: int(line[RUN_STEPS]),
                 }
     return accuracies
 
@@ -112,8 +121,9 @@ def compare_row(
 ) -> dict[str, Any]:
     """One row (COLUMNS) for a compared run; its workdir (None for a lone fourier.npz) gives the
     accuracies, or without its config.json and metrics.jsonl, its run's entry in
-    `report_accuracies` (read_report_accuracies); else they stay None. The switch point is read
-    from the config stored with the analysis; an npz without one has none."""
+    `report_accuracies` (read_report_accuracies); else, or when the result is from a step before
+    the run's last (the accuracies are the run's end, not that checkpoint's), they stay None. The
+    switch point is read from the config stored with the analysis; an npz without one has none."""
     config = json.loads(result.config_json)
     row = dict.fromkeys(COLUMNS)
     row.update(
@@ -126,12 +136,25 @@ def compare_row(
     row.update({f"change_per_{kind}": changes.get(kind) for kind in BLOCK_KINDS})
     if config:
         row.update(schedule=report.schedule_kind(config)[0], switch_point=switch_point(config))
+    run = None
     if workdir and os.path.exists(os.path.join(workdir, "config.json")):
         run = report.read_run(workdir)
-        row.update({key: run[key] for key in ACCURACY_COLUMNS})
     elif report_accuracies and run_name(result) in report_accuracies:
-        row.update(report_accuracies[run_name(result)])
+        run = report_accuracies[run_name(result)]
+    if run is not None and result.step >= run[RUN_STEPS]:
+        row.update({key: run[key] for key in ACCURACY_COLUMNS})
     return row
+
+
+def latest_per_run(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Each run's row at its latest analysed step, in the order of first appearance: a run
+    compared at a switch and at its end is one point of the interpolation, its end."""
+    latest: dict[str, Mapping[str, Any]] = {}
+    for row in rows:
+        name = _label_run(row["label"])
+        if name not in latest or row["step"] > latest[name]["step"]:
+            latest[name] = row
+    return list(latest.values())
 
 
 def csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -200,11 +223,13 @@ def plot_interpolation(rows: Sequence[Mapping[str, Any]], path: str | None = Non
 
     The uniform family (ConViT at 0, uniform switches, the pure-conv ViT at 1 = "never") is one
     line; PRS and reversed PRS are stars at their mean switch point; the runs without GPSA
-    layers (ResNet, DeiT) are labelled horizontal lines. Runs without a value are left out.
+    layers (ResNet, DeiT) are labelled horizontal lines. Runs without a value are left out, and
+    a run compared at several steps is drawn at its latest (`latest_per_run`).
     """
     from matplotlib import transforms  # pylint: disable=import-outside-toplevel
     from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
 
+    rows = latest_per_run(rows)
     switching = [r for r in rows if r["switch_point"] is not None]
     uniform = [r for r in switching if r["schedule"] in report.UNIFORM_FAMILY]
     others = [r for r in switching if r["schedule"] not in report.UNIFORM_FAMILY]
