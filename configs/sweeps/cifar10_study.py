@@ -25,8 +25,8 @@ Expected final top-1 on the validation split at 10% (seeds 0-2, mean +- sd; 2-co
 min per ViT run alone, 41-44 per ResNet run): ConViT 60.75 +- 0.60%, uniform switch 62.63 +-
 0.54%, PRS 62.66 +- 0.53%, DeiT twin 55.51 +- 0.44%, ResNet-18 75.96 +- 0.47%. PRS - ConViT
 +1.91 points (paired p = 0.03), PRS - uniform +0.03 (p = 0.89). Switch sweep, seed 0: never
-switching (`conv`) 63.06%, the switches at 3/4 62.90% and 1/2 62.74%; their mean
-high-frequency values -1.757, -1.760 and -1.767 against the ConViT's -1.732.
+switching (`conv`) 63.06%, the switches at 1/4, 1/2 and 3/4 63.02, 62.74 and 62.90%; their
+mean high-frequency values -1.757, -1.765, -1.767 and -1.760 against the ConViT's -1.732.
 
 Runs, named MODEL_lrKx_dataPCT_seedS, in the order that answers the study's questions soonest:
   1. 10%: ConViT, uniform switch (at 1/3 of the run) and PRS, then the DeiT twin and
